@@ -1,0 +1,128 @@
+"""Wiring: config → store, client, pipeline, sync loop; start, run, shut down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+
+from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
+
+from bot.messenger import MatrixMessenger
+from bot.pipeline import Pipeline
+from bot.session import open_client, secure_dir
+from bot.store import Store
+from bot.sync_loop import SyncLoop
+from handlers.settings import Settings
+from schemas.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class BotApp:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store: Store | None = None
+        self.client: AsyncClient | None = None
+        self.pipeline: Pipeline | None = None
+        self.sync: SyncLoop | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        self.started_at = time.monotonic()
+
+    async def start(self) -> None:
+        """Log in, open the database, resume unfinished work and start syncing."""
+        cfg = self.config
+        data_dir = secure_dir(cfg.storage.data_dir)
+        store_key = cfg.storage.store_key.read()
+        creds_exist = (data_dir / "credentials.json").exists()
+        password = None if creds_exist else cfg.bot.password.read()
+        self.store = await Store.open(data_dir / "referrals.db")
+        self.client = await open_client(
+            homeserver=cfg.homeserver.url,
+            user_id=cfg.bot.user_id,
+            password=password,
+            device_name=cfg.bot.device_name,
+            data_dir=data_dir,
+            store_key=store_key,
+        )
+        team_room = await self._resolve_room(cfg.rooms.advice_team)
+        settings = Settings.from_config(cfg, team_room)
+        messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
+        self.pipeline = Pipeline(self.store, settings, messenger)
+        self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
+        self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
+        await self.pipeline.resume()
+
+    async def _run_sync(self) -> None:
+        assert self.sync is not None
+        try:
+            await self.sync.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sync loop stopped by an error")
+            raise
+
+    async def _resolve_room(self, room: str) -> str:
+        assert self.client is not None
+        if room.startswith("#"):
+            resp = await self.client.room_resolve_alias(room)
+            if not isinstance(resp, RoomResolveAliasResponse):
+                raise RuntimeError(f"cannot resolve the advice-team room alias {room}")
+            room = resp.room_id
+        joined = await self.client.joined_rooms()
+        if room not in getattr(joined, "rooms", []):
+            result = await self.client.join(room)
+            if not isinstance(result, JoinResponse):
+                log.warning(
+                    "not in the advice-team room yet (invite the bot): room=%s", room
+                )
+        return room
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        assert self.sync is not None and self._sync_task is not None
+        ready = asyncio.create_task(self.sync.ready.wait())
+        done, _ = await asyncio.wait(
+            {ready, self._sync_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if self._sync_task in done:
+            ready.cancel()
+            self._sync_task.result()  # raises the sync loop's error
+        if ready not in done:
+            ready.cancel()
+            raise TimeoutError("the bot did not complete its first sync in time")
+        log.info("ready in %.2f s", time.monotonic() - self.started_at)
+
+    async def shutdown(self, drain_timeout: float = 10.0) -> None:
+        """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._sync_task
+        if self.pipeline is not None:
+            try:
+                await asyncio.wait_for(self.pipeline.wait_idle(), drain_timeout)
+            except TimeoutError:
+                log.warning("shutdown: work left in the outbox is sent on the next start")
+            await self.pipeline.stop()
+        if self.client is not None:
+            await self.client.close()
+        if self.store is not None:
+            await self.store.close()
+
+    async def run_forever(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        assert self._sync_task is not None
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopper, self._sync_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        failed = self._sync_task.done() and not self._sync_task.cancelled()
+        await self.shutdown()
+        if failed and self._sync_task.exception() is not None:
+            raise RuntimeError("the sync loop failed; see the log above")

@@ -1,0 +1,178 @@
+"""A person's chat client, for the demo, the tests and the benchmark.
+
+A real matrix-nio client with its own device and E2EE store: it creates encrypted rooms,
+sends messages and collects what it can decrypt, exactly as a practitioner's client would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    LoginResponse,
+    MatrixRoom,
+    MegolmEvent,
+    RoomCreateResponse,
+    RoomMessageNotice,
+    RoomMessageText,
+    RoomPreset,
+    RoomSendResponse,
+)
+from nio.store import SqliteStore
+
+ENCRYPTION_STATE = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
+
+
+@dataclass(frozen=True)
+class Received:
+    room_id: str
+    event_id: str
+    sender: str
+    content: dict[str, Any]
+    decrypted: bool
+    at: float  # time.monotonic() when this client saw it
+
+    @property
+    def body(self) -> str:
+        return str(self.content.get("body", ""))
+
+    @property
+    def in_reply_to(self) -> str | None:
+        rel = self.content.get("m.relates_to") or {}
+        reply = rel.get("m.in_reply_to") or {}
+        value = reply.get("event_id")
+        return str(value) if value else None
+
+
+class ChatUser:
+    def __init__(self, homeserver: str, user_id: str, password: str, store_dir: Path) -> None:
+        store_dir.mkdir(parents=True, exist_ok=True)
+        self.user_id = user_id
+        self.password = password
+        self.client = AsyncClient(
+            homeserver,
+            user_id,
+            store_path=str(store_dir),
+            config=AsyncClientConfig(
+                store=SqliteStore,
+                encryption_enabled=True,
+                pickle_key=secrets.token_hex(16),
+                max_limit_exceeded=None,
+                max_timeouts=None,
+            ),
+        )
+        self.received: list[Received] = []
+        self.undecryptable = 0
+        self._changed = asyncio.Condition()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        resp = await self.client.login(self.password, device_name="chat-user")
+        if not isinstance(resp, LoginResponse):
+            raise RuntimeError(f"login failed for {self.user_id}: {resp}")
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        self.client.add_event_callback(
+            self._on_event, (RoomMessageText, RoomMessageNotice, MegolmEvent)
+        )
+        await self.client.sync(timeout=0, full_state=True)
+        self._task = asyncio.create_task(
+            self.client.sync_forever(timeout=3000, loop_sleep_time=0)
+        )
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await self.client.close()
+
+    async def _on_event(self, room: MatrixRoom, event: Any) -> None:
+        if isinstance(event, MegolmEvent):
+            self.undecryptable += 1
+            return
+        self.received.append(
+            Received(
+                room_id=room.room_id,
+                event_id=event.event_id,
+                sender=event.sender,
+                content=dict(event.source.get("content", {})),
+                decrypted=bool(getattr(event, "decrypted", False)),
+                at=time.monotonic(),
+            )
+        )
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for(
+        self, predicate: Callable[[Received], bool], timeout: float = 20.0, count: int = 1
+    ) -> list[Received]:
+        """Wait until `count` received messages match; return them in arrival order."""
+
+        def matches() -> list[Received]:
+            return [r for r in self.received if predicate(r)]
+
+        async def _wait() -> list[Received]:
+            async with self._changed:
+                await self._changed.wait_for(lambda: len(matches()) >= count)
+            return matches()
+
+        try:
+            return await asyncio.wait_for(_wait(), timeout)
+        except TimeoutError:
+            got = matches()
+            raise TimeoutError(
+                f"{self.user_id}: {len(got)} of {count} expected messages after {timeout} s"
+            ) from None
+
+    async def wait_reply(self, event_id: str, timeout: float = 20.0) -> Received:
+        return (await self.wait_for(lambda r: r.in_reply_to == event_id, timeout))[0]
+
+    async def create_room(
+        self, invite: list[str], *, encrypted: bool = True, direct: bool = True, name: str | None = None
+    ) -> str:
+        resp = await self.client.room_create(
+            is_direct=direct,
+            invite=invite,
+            name=name,
+            preset=RoomPreset.private_chat,
+            initial_state=[ENCRYPTION_STATE] if encrypted else [],
+        )
+        if not isinstance(resp, RoomCreateResponse):
+            raise RuntimeError(f"room creation failed: {resp}")
+        return str(resp.room_id)
+
+    async def wait_joined(self, room_id: str, user_id: str, timeout: float = 20.0) -> None:
+        """Wait until `user_id` has joined: only then will it get the room key we send."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            room = self.client.rooms.get(room_id)
+            if room is not None and user_id in room.users and user_id not in room.invited_users:
+                return
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"{user_id} did not join {room_id} within {timeout} s")
+
+    async def join(self, room_id: str) -> None:
+        await self.client.join(room_id)
+
+    async def send(self, room_id: str, body: str, extra: dict[str, Any] | None = None) -> str:
+        content: dict[str, Any] = {"msgtype": "m.text", "body": body, **(extra or {})}
+        resp = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"send failed: {resp}")
+        return str(resp.event_id)

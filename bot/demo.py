@@ -1,0 +1,97 @@
+"""`referral-bot demo`: a throwaway homeserver, the bot, demo users, one referral end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from bot.app import BotApp
+from bot.devserver import DevSynapse
+from bot.world import make_world
+
+DEMO_REFERRAL = """\
+!refer
+Child name: Jordan Example
+Date of birth: 14/03/2013
+Address: 1 Sample Street, AB1 2CD
+School: Example Academy
+Referral type: child protection referral
+Concerns: neglect, emotional abuse
+Description: Jordan told the school nurse: "there is no food at home again".
+Seen twice this month with unexplained bruising; attendance has dropped to 70%.
+Immediate danger: no
+Action taken: Spoke with Jordan; informed the designated safeguarding lead.
+Parents informed: yes
+Child's views: "I don't want to go home on Fridays."
+Referrer name: Pat Nurse
+Referrer role: School nurse
+Agency: health
+Phone: 01632 960 001
+"""
+
+
+def _rule(title: str) -> None:
+    print(f"\n=== {title} " + "=" * max(0, 70 - len(title)))
+
+
+async def run_demo(keep: bool = False) -> int:
+    base = Path(tempfile.mkdtemp(prefix="referral-bot-demo-"))
+    hs = DevSynapse(base / "synapse")
+    t0 = time.monotonic()
+    await hs.start()
+    print(f"Local homeserver (Synapse) up at {hs.url} in {time.monotonic() - t0:.1f} s")
+    world = await make_world(hs, base / "world", log_level="WARNING")
+    app = BotApp(world.config)
+    try:
+        await app.start()
+        await app.wait_ready()
+        nurse = await world.add_user("demo-nurse")
+        dm = await nurse.create_room(invite=[world.bot_user], encrypted=True)
+        await nurse.wait_joined(dm, world.bot_user)
+        print(f"Bot {world.bot_user} is ready; practitioner {nurse.user_id} opened an encrypted DM.")
+
+        _rule("The practitioner sends")
+        print(DEMO_REFERRAL)
+        sent_at = time.monotonic()
+        event_id = await nurse.send(dm, DEMO_REFERRAL)
+        ack = await nurse.wait_reply(event_id, timeout=30)
+        _rule(
+            f"The practitioner sees (decrypted={ack.decrypted}, "
+            f"{(ack.at - sent_at) * 1000:.0f} ms after sending)"
+        )
+        print(ack.body)
+        summary = (
+            await world.worker.wait_for(
+                lambda r: r.room_id == world.team_room and r.sender == world.bot_user, timeout=30
+            )
+        )[0]
+        _rule("The advice team sees, in its encrypted room")
+        print(summary.body)
+
+        if keep:
+            _rule("Still running: log in from Element or any Matrix client")
+            print(f"Homeserver URL: {hs.url}")
+            print(f"Bot:            {world.bot_user}")
+            for user in world.users:
+                print(f"User:           {user.user_id}  password: {user.password}")
+            print(f"Advice-team room: {world.team_room}")
+            print(f"Files (config, data, homeserver): {base}")
+            print("Press Ctrl-C to stop.")
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        return 0 if ack.decrypted and "CHILD PROTECTION REFERRAL" in ack.body else 1
+    finally:
+        await app.shutdown()
+        await world.close()
+        await hs.stop()
+        if not keep:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(base)

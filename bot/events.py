@@ -1,0 +1,83 @@
+"""Turning matrix-nio timeline events into inbox items: what the bot must act on, and how.
+
+Only the literal body counts: a reply's quoted fallback is cut off before anything else
+looks at the text, so quoting someone's command never runs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nio import Event, MegolmEvent, RoomMessageText
+
+from bot.store import InboxItem
+
+
+def strip_reply_fallback(body: str, content: dict[str, Any]) -> str:
+    """Remove the `> <@user> …` lines a client puts in front of a reply's text."""
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict) or "m.in_reply_to" not in relates:
+        return body
+    lines = body.split("\n")
+    i = 0
+    while i < len(lines) and lines[i].startswith(">"):
+        i += 1
+    if i and i < len(lines) and lines[i] == "":
+        i += 1
+    return "\n".join(lines[i:])
+
+
+def is_edit(content: dict[str, Any]) -> bool:
+    relates = content.get("m.relates_to")
+    return isinstance(relates, dict) and relates.get("rel_type") == "m.replace"
+
+
+def safe_text(text: str) -> str:
+    """Text that can be stored and encrypted: lone surrogates become U+FFFD."""
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def to_inbox_item(
+    event: Event, room_id: str, room_encrypted: bool, bot_user_id: str
+) -> InboxItem | None:
+    """The inbox item for one timeline event, or None if the bot has nothing to do with it.
+
+    The caller has already checked that the sender is allowed to use the bot.
+    """
+    if event.sender == bot_user_id:
+        return None
+    if isinstance(event, MegolmEvent):
+        # Keep the encrypted event: it is retried when its room key arrives.
+        return InboxItem(
+            event_id=event.event_id,
+            room_id=room_id,
+            sender=event.sender,
+            origin_ts=event.server_timestamp,
+            room_encrypted=True,
+            state="undecrypted",
+            payload=event.source,
+        )
+    if not isinstance(event, RoomMessageText):
+        # Notices (other bots), emotes, media and state are not commands.
+        return None
+    content = event.source.get("content", {})
+    if not isinstance(content, dict) or is_edit(content):
+        return None
+    body = strip_reply_fallback(safe_text(event.body or ""), content)
+    encrypted = room_encrypted and bool(getattr(event, "decrypted", False))
+    if not encrypted:
+        if not body.lstrip().startswith("!"):
+            return None
+        # Never store what was sent in the clear: only that a command was attempted.
+        payload: dict[str, Any] = {"withheld": True}
+    else:
+        payload = {"body": body}
+    return InboxItem(
+        event_id=event.event_id,
+        room_id=room_id,
+        sender=event.sender,
+        origin_ts=event.server_timestamp,
+        room_encrypted=encrypted,
+        state="pending",
+        payload=payload,
+    )

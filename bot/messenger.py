@@ -1,0 +1,98 @@
+"""Sending through matrix-nio: Matrix content, the trust decision, refusals.
+
+Trust for now is trust-on-first-use: the first keys seen for a device of an allowed user
+are trusted; devices of anyone else in the room are blacklisted, so they never get a room
+key. The decision is made here, once, before every encrypted send, never by passing
+`ignore_unverified_devices=True`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nio import AsyncClient, MatrixRoom, RoomSendError, RoomSendResponse
+
+from handlers.ports import OutgoingMessage, SendRefused
+
+log = logging.getLogger(__name__)
+
+
+class SendFailed(Exception):
+    """A send that may work when retried."""
+
+
+def matrix_content(message: OutgoingMessage) -> dict[str, Any]:
+    content: dict[str, Any] = {
+        "msgtype": "m.notice",
+        "body": message.body,
+        "format": "org.matrix.custom.html",
+        "formatted_body": message.html,
+        # Intentional mentions: the bot never pings anyone, whatever the text says.
+        "m.mentions": {},
+    }
+    if message.thread_root is not None:
+        content["m.relates_to"] = {
+            "rel_type": "m.thread",
+            "event_id": message.thread_root,
+            "is_falling_back": message.reply_to is None,
+            "m.in_reply_to": {"event_id": message.reply_to or message.thread_root},
+        }
+    elif message.reply_to is not None:
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": message.reply_to}}
+    return content
+
+
+class MatrixMessenger:
+    def __init__(self, client: AsyncClient, is_allowed_user: Callable[[str], bool]) -> None:
+        self._client = client
+        self._is_allowed = is_allowed_user
+        self._lock = asyncio.Lock()
+
+    async def send(self, message: OutgoingMessage, txn_id: str) -> str:
+        room = self._client.rooms.get(message.room_id)
+        if room is None:
+            raise SendFailed("the bot is not (yet) in this room")
+        if message.sensitive and not room.encrypted:
+            raise SendRefused("room is not end-to-end encrypted")
+        if room.encrypted:
+            # Trust decisions and Olm session set-up one at a time across rooms, so two
+            # rooms never claim keys for the same device at once. The send itself runs
+            # outside the lock.
+            async with self._lock:
+                await self._apply_trust(room)
+                if self._client.olm is not None and self._client.olm.should_share_group_session(
+                    room.room_id
+                ):
+                    await self._client.share_group_session(room.room_id)
+        resp = await self._client.room_send(
+            message.room_id,
+            "m.room.message",
+            matrix_content(message),
+            tx_id=txn_id,
+            ignore_unverified_devices=False,
+        )
+        if isinstance(resp, RoomSendResponse):
+            return str(resp.event_id)
+        assert isinstance(resp, RoomSendError)
+        raise SendFailed(f"{resp.status_code}: {resp.message}")
+
+    async def _apply_trust(self, room: MatrixRoom) -> None:
+        client = self._client
+        if not room.members_synced:
+            await client.joined_members(room.room_id)
+        if client.should_query_keys:
+            await client.keys_query()
+        for user_id in room.users:
+            allowed = self._is_allowed(user_id)
+            for device in client.device_store.active_user_devices(user_id):
+                if device.verified or device.blacklisted or device.ignored:
+                    continue
+                if allowed:
+                    client.verify_device(device)
+                    log.info("trusted on first use: user_device=%s", device.id)
+                else:
+                    client.blacklist_device(device)
+                    log.warning("blacklisted device of a user not allowed: device=%s", device.id)

@@ -1,0 +1,90 @@
+"""Numbered schema steps. Each step runs once, in its own transaction, in order.
+
+Never edit a step that has shipped: add a new one. `tests/unit/test_store.py` upgrades a
+database from the first version to the last.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE kv (
+            key   TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+
+        -- Every timeline event the bot must act on, written before the sync token moves on.
+        -- payload is cleared once the event is handled, so message text does not linger.
+        CREATE TABLE inbox (
+            seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+            event_id       TEXT    NOT NULL UNIQUE,
+            room_id        TEXT    NOT NULL,
+            sender         TEXT    NOT NULL,
+            origin_ts      INTEGER NOT NULL,
+            room_encrypted INTEGER NOT NULL,
+            state          TEXT    NOT NULL CHECK (state IN ('pending', 'undecrypted', 'done')),
+            payload        TEXT,
+            received_at    TEXT    NOT NULL,
+            handled_at     TEXT
+        );
+        CREATE INDEX inbox_by_state ON inbox (state, room_id, seq);
+
+        CREATE TABLE referrals (
+            id               INTEGER PRIMARY KEY,
+            ref              TEXT    NOT NULL UNIQUE,
+            year             INTEGER NOT NULL,
+            year_seq         INTEGER NOT NULL,
+            event_id         TEXT    NOT NULL UNIQUE,
+            room_id          TEXT    NOT NULL,
+            sender           TEXT    NOT NULL,
+            received_at      TEXT    NOT NULL,
+            declared_type    TEXT    NOT NULL
+                CHECK (declared_type IN ('child protection referral', 'contact')),
+            declared_by      TEXT    NOT NULL,
+            current_type     TEXT    NOT NULL
+                CHECK (current_type IN ('child protection referral', 'contact')),
+            immediate_danger INTEGER NOT NULL,
+            state            TEXT    NOT NULL,
+            decision_due     TEXT    NOT NULL,
+            form             TEXT    NOT NULL,
+            UNIQUE (year, year_seq)
+        );
+
+        -- The running record of a referral: append-only, enforced by triggers.
+        CREATE TABLE record_entries (
+            id          INTEGER PRIMARY KEY,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            at          TEXT    NOT NULL,
+            actor       TEXT    NOT NULL,
+            kind        TEXT    NOT NULL,
+            detail      TEXT    NOT NULL
+        );
+        CREATE INDEX record_by_referral ON record_entries (referral_id, id);
+        CREATE TRIGGER record_entries_no_update BEFORE UPDATE ON record_entries
+            BEGIN SELECT RAISE(ABORT, 'the running record is append-only'); END;
+        CREATE TRIGGER record_entries_no_delete BEFORE DELETE ON record_entries
+            BEGIN SELECT RAISE(ABORT, 'the running record is append-only'); END;
+
+        -- Messages to send, stored in the same transaction as the change they report.
+        CREATE TABLE outbox (
+            id           INTEGER PRIMARY KEY,
+            txn_id       TEXT    NOT NULL UNIQUE,
+            room_id      TEXT    NOT NULL,
+            content      TEXT    NOT NULL,
+            sensitive    INTEGER NOT NULL,
+            referral_id  INTEGER REFERENCES referrals (id),
+            purpose      TEXT    NOT NULL,
+            created_at   TEXT    NOT NULL,
+            attempts     INTEGER NOT NULL DEFAULT 0,
+            last_error   TEXT,
+            sent_event_id TEXT,
+            sent_at      TEXT
+        );
+        CREATE INDEX outbox_unsent ON outbox (sent_at, room_id, id);
+        """,
+    ),
+]
+
+LATEST_VERSION = MIGRATIONS[-1][0]

@@ -1,0 +1,157 @@
+"""From stored inbox event to handled use case to delivered message.
+
+    sync loop ──(inbox rows + sync token, one transaction)──▶ inbox
+    inbox ──(per-room worker: handler + outbox rows + row marked done, one transaction)──▶ outbox
+    outbox ──(per-room sender: Messenger.send with a stable transaction ID)──▶ chat
+
+Each arrow is durable, so a crash anywhere loses nothing and repeats nothing: an event
+is handled once (its inbox row is marked done in the handler's own transaction) and a
+message is sent once (the homeserver drops a resend with the same transaction ID).
+No Matrix types here: the Messenger port does the sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import traceback
+
+from bot.room_workers import RoomWorkers
+from bot.store import OutboxRow, Store
+from handlers.commands import handle_message
+from handlers.ports import Incoming, Messenger, OutgoingMessage, SendRefused, txn_id_for
+from handlers.render import Doc
+from handlers.settings import Settings
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+
+
+class Pipeline:
+    def __init__(self, store: Store, settings: Settings, messenger: Messenger) -> None:
+        self.store = store
+        self.settings = settings
+        self.messenger = messenger
+        self.inbox_workers = RoomWorkers("inbox", self._handle_room)
+        self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
+        self.handled = 0
+        self.sent = 0
+
+    async def resume(self) -> None:
+        """Pick up whatever a previous run left: pending events and unsent messages."""
+        async with self.store.transaction() as tx:
+            pending = await tx.rooms_with_pending()
+            unsent = await tx.rooms_with_unsent()
+        self.inbox_workers.kick_all(pending)
+        self.outbox_workers.kick_all(unsent)
+
+    def kick_rooms(self, rooms: set[str]) -> None:
+        self.inbox_workers.kick_all(rooms)
+
+    async def wait_idle(self) -> None:
+        """Until every kicked room is handled and every queued message sent (tests, shutdown)."""
+        while self.inbox_workers.busy or self.outbox_workers.busy:
+            await self.inbox_workers.wait_idle()
+            await self.outbox_workers.wait_idle()
+
+    async def stop(self) -> None:
+        await self.inbox_workers.cancel()
+        await self.outbox_workers.cancel()
+
+    # -- inbox -------------------------------------------------------------------------
+
+    async def _handle_room(self, room_id: str) -> None:
+        while True:
+            msg: Incoming | None = None
+            try:
+                async with self.store.transaction() as tx:
+                    msg = await tx.next_pending(room_id)
+                    if msg is None:
+                        return
+                    await handle_message(tx, msg, self.settings)
+                    await tx.mark_handled(msg.seq)
+                    rooms = tx.touched_rooms
+            except Exception as exc:
+                if msg is None:
+                    raise
+                # Rolled back: nothing half-done is stored. Tell the sender and move on so
+                # that one bad message cannot block the room.
+                log.error(
+                    "handler failed: event=%s error=%s at %s",
+                    msg.event_id,
+                    type(exc).__name__,
+                    _where(exc),
+                )
+                rooms = await self._handler_failed(msg)
+            self.handled += 1
+            self.outbox_workers.kick_all(rooms)
+
+    async def _handler_failed(self, msg: Incoming) -> set[str]:
+        body, html = (
+            Doc()
+            .para(
+                "Sorry: something went wrong while handling this message and NOTHING from it "
+                "was recorded. Please send it again; if it fails again, phone the advice team.",
+                strong=True,
+            )
+            .render()
+        )
+        async with self.store.transaction() as tx:
+            await tx.enqueue(
+                OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, sensitive=False),
+                txn_id=txn_id_for(msg.event_id, "failed"),
+                purpose="failed",
+            )
+            await tx.mark_handled(msg.seq)
+            return tx.touched_rooms
+
+    # -- outbox ------------------------------------------------------------------------
+
+    async def _deliver_room(self, room_id: str) -> None:
+        while True:
+            async with self.store.transaction() as tx:
+                rows = await tx.unsent(room_id, limit=20)
+            if not rows:
+                return
+            for row in rows:
+                await self._deliver(row)
+
+    async def _deliver(self, row: OutboxRow) -> None:
+        delay = 0.5
+        while True:
+            try:
+                event_id = await self.messenger.send(row.message, row.txn_id)
+            except SendRefused as exc:
+                log.error("message refused: outbox=%d purpose=%s reason=%s", row.id, row.purpose, exc)
+                async with self.store.transaction() as tx:
+                    await tx.mark_refused(row, str(exc))
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning(
+                    "send failed, will retry: outbox=%d purpose=%s error=%s",
+                    row.id,
+                    row.purpose,
+                    type(exc).__name__,
+                )
+                async with self.store.transaction() as tx:
+                    await tx.mark_failed(row, type(exc).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+                continue
+            async with self.store.transaction() as tx:
+                await tx.mark_sent(row, event_id)
+            self.sent += 1
+            log.info("sent: outbox=%d purpose=%s event=%s", row.id, row.purpose, event_id)
+            return
+
+
+def _where(exc: BaseException) -> str:
+    """File and line of an exception, without its message (which may quote user text)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return "?"
+    last = frames[-1]
+    return f"{last.filename.rsplit('/', 1)[-1]}:{last.lineno}"

@@ -1,0 +1,234 @@
+"""The sync loop: fetch, fill gaps, store, and only then move the sync token on.
+
+matrix-nio's own loop saves the sync token before event callbacks run and never fetches
+the events a `limited` timeline left out. This loop instead:
+
+1. syncs with a filter asking for up to 100 timeline events per room;
+2. for each room whose timeline is still `limited`, pages back with `/messages` to the
+   previous token, so no event is skipped under load;
+3. stores every event the bot must act on in the inbox and the new token in ONE
+   transaction, then hands the rooms to the per-room workers (so a slow room never stalls
+   the loop, and a crash before step 3 simply repeats the sync).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from nio import (
+    AsyncClient,
+    EncryptionError,
+    Event,
+    InviteMemberEvent,
+    LocalProtocolError,
+    MegolmEvent,
+    MessageDirection,
+    RoomMemberEvent,
+    RoomMessagesResponse,
+    SyncError,
+    SyncResponse,
+)
+
+from bot.events import to_inbox_item
+from bot.pipeline import Pipeline
+from bot.store import InboxItem, Store
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEY = "sync_token"
+SYNC_TIMEOUT_MS = 30_000
+SYNC_FILTER: dict[str, Any] = {
+    "presence": {"not_types": ["*"]},
+    "room": {
+        "timeline": {"limit": 100},
+        "ephemeral": {"not_types": ["*"]},
+    },
+}
+MAX_BACKFILL_PAGES = 50
+
+
+class BackfillFailed(Exception):
+    pass
+
+
+class SyncLoop:
+    def __init__(
+        self,
+        client: AsyncClient,
+        store: Store,
+        pipeline: Pipeline,
+        is_allowed_user: Callable[[str], bool],
+    ) -> None:
+        self.client = client
+        self.store = store
+        self.pipeline = pipeline
+        self.is_allowed = is_allowed_user
+        self.ready = asyncio.Event()
+        self.syncs = 0
+        self._requested_keys: set[str] = set()
+
+    async def run(self) -> None:
+        async with self.store.transaction() as tx:
+            token = await tx.get_kv(TOKEN_KEY)
+        first = True
+        delay = 1.0
+        while True:
+            # The first sync of a run asks for full state: nio keeps room state (members,
+            # encryption) only in memory.
+            resp = await self.client.sync(
+                timeout=0 if first else SYNC_TIMEOUT_MS,
+                sync_filter=SYNC_FILTER,
+                since=token,
+                full_state=first,
+            )
+            if isinstance(resp, SyncError):
+                log.warning("sync failed: %s; retrying in %.0f s", resp.status_code, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            assert isinstance(resp, SyncResponse)
+            try:
+                await self._housekeeping()
+                await self._answer_invites(resp)
+                items = await self._collect(resp, token)
+            except BackfillFailed as exc:
+                log.warning("back-fill failed (%s); the sync is repeated", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+                continue
+            delay = 1.0
+            async with self.store.transaction() as tx:
+                rooms = await tx.add_inbox(items)
+                await tx.set_kv(TOKEN_KEY, resp.next_batch)
+            token = resp.next_batch
+            self.pipeline.kick_rooms(rooms)
+            await self._retry_undecrypted()
+            self.syncs += 1
+            first = False
+            self.ready.set()
+
+    async def _housekeeping(self) -> None:
+        client = self.client
+        await client.send_to_device_messages()
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+
+    async def _answer_invites(self, resp: SyncResponse) -> None:
+        for room_id, info in resp.rooms.invite.items():
+            inviter = None
+            for event in info.invite_state:
+                if (
+                    isinstance(event, InviteMemberEvent)
+                    and event.state_key == self.client.user_id
+                    and event.membership == "invite"
+                ):
+                    inviter = event.sender
+            if inviter is not None and self.is_allowed(inviter):
+                result = await self.client.join(room_id)
+                log.info("joined on invite: room=%s result=%s", room_id, type(result).__name__)
+            else:
+                await self.client.room_leave(room_id)
+                log.warning("declined invite from a server not allowed: room=%s", room_id)
+
+    async def _collect(self, resp: SyncResponse, since: str | None) -> list[InboxItem]:
+        items: list[InboxItem] = []
+        if since is None:
+            # First start ever: history from before this bot's database is not acted on,
+            # or a reset database would turn old messages into new referrals.
+            return items
+        for room_id, info in resp.rooms.join.items():
+            events: list[Event] = list(info.timeline.events)
+            if info.timeline.limited and info.timeline.prev_batch:
+                events = await self._backfill(room_id, info.timeline.prev_batch, since) + events
+            room = self.client.rooms.get(room_id)
+            encrypted = bool(room and room.encrypted)
+            for event in events:
+                if not self.is_allowed(event.sender):
+                    continue
+                item = to_inbox_item(event, room_id, encrypted, self.client.user_id)
+                if item is not None:
+                    if item.state == "undecrypted" and isinstance(event, MegolmEvent):
+                        await self._request_key(event)
+                    items.append(item)
+        return items
+
+    async def _backfill(self, room_id: str, prev_batch: str, since: str) -> list[Event]:
+        """The events a limited timeline left out, oldest first."""
+        collected: list[Event] = []
+        start = prev_batch
+        for _ in range(MAX_BACKFILL_PAGES):
+            resp = await self.client.room_messages(
+                room_id, start=start, end=since, direction=MessageDirection.back, limit=100
+            )
+            if not isinstance(resp, RoomMessagesResponse):
+                raise BackfillFailed(getattr(resp, "status_code", "error"))
+            reached_join = False
+            for event in resp.chunk:
+                collected.append(event)
+                if (
+                    isinstance(event, RoomMemberEvent)
+                    and event.state_key == self.client.user_id
+                    and event.membership == "join"
+                    and event.prev_membership != "join"
+                ):
+                    reached_join = True  # nothing before our own join is ours to act on
+                    break
+            if reached_join or not resp.chunk or not resp.end or resp.end == start:
+                break
+            start = resp.end
+        log.info("back-filled room=%s events=%d", room_id, len(collected))
+        return list(reversed(collected))
+
+    async def _request_key(self, event: MegolmEvent) -> None:
+        if event.session_id in self._requested_keys:
+            return
+        self._requested_keys.add(event.session_id)
+        try:
+            await self.client.request_room_key(event)
+        except LocalProtocolError:
+            pass
+
+    async def _retry_undecrypted(self) -> None:
+        async with self.store.transaction() as tx:
+            waiting = await tx.undecrypted()
+        if not waiting:
+            return
+        results: list[tuple[int, InboxItem | None]] = []
+        for item in waiting:
+            event = MegolmEvent.from_dict(item.event)
+            if not isinstance(event, MegolmEvent):
+                results.append((item.seq, None))
+                continue
+            event.room_id = item.room_id
+            try:
+                decrypted = self.client.decrypt_event(event)
+            except EncryptionError:
+                continue
+            room = self.client.rooms.get(item.room_id)
+            results.append(
+                (
+                    item.seq,
+                    to_inbox_item(
+                        decrypted, item.room_id, bool(room and room.encrypted), self.client.user_id
+                    ),
+                )
+            )
+        if not results:
+            return
+        rooms: set[str] = set()
+        async with self.store.transaction() as tx:
+            for seq, decoded in results:
+                if decoded is None or decoded.state != "pending":
+                    await tx.mark_handled(seq)
+                else:
+                    await tx.set_decrypted(seq, decoded.payload)
+                    rooms.add(decoded.room_id)
+        log.info("decrypted late: events=%d", len(results))
+        self.pipeline.kick_rooms(rooms)

@@ -1,0 +1,113 @@
+"""A complete local set-up on a throwaway homeserver: bot account, config, advice team.
+
+Used by `referral-bot demo`, the integration tests and the benchmark, so all three run
+the bot exactly as an operator would: from a TOML file, with secrets in files.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.chat_user import ChatUser
+from bot.devserver import DevSynapse
+from schemas.config import Config, load_config
+
+
+def _secret_file(path: Path, value: str) -> Path:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(value)
+    return path
+
+
+CONFIG_TEMPLATE = """\
+[homeserver]
+url = "{url}"
+
+[bot]
+user_id = "{bot_user}"
+password = {{ file = "secrets/bot-password" }}
+
+[storage]
+data_dir = "data"
+store_key = {{ file = "secrets/store-key" }}
+
+[access]
+allowed_homeservers = ["{server_name}"]
+
+[rooms]
+advice_team = "{team_room}"
+
+[logging]
+level = "{log_level}"
+"""
+
+
+async def start_user(hs: DevSynapse, base: Path, name: str) -> ChatUser:
+    """Register a person and start their client (own device, own E2EE store)."""
+    password = secrets.token_urlsafe(12)
+    user_id = await hs.register(name, password)
+    user = ChatUser(hs.url, user_id, password, base / "clients" / name)
+    await user.start()
+    return user
+
+
+@dataclass
+class World:
+    hs: DevSynapse
+    base: Path
+    config_path: Path
+    bot_user: str
+    team_room: str
+    worker: ChatUser
+    users: list[ChatUser] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    async def add_user(self, name: str) -> ChatUser:
+        user = await start_user(self.hs, self.base, name)
+        self.users.append(user)
+        return user
+
+    async def close(self) -> None:
+        for user in self.users:
+            await user.stop()
+
+
+async def make_world(
+    hs: DevSynapse,
+    base: Path,
+    *,
+    bot_name: str = "referral-bot",
+    worker_name: str = "advice-worker",
+    log_level: str = "INFO",
+) -> World:
+    """Register the bot and an advice-team worker, create the team room, write the config."""
+    base.mkdir(parents=True, exist_ok=True)
+    bot_password = secrets.token_urlsafe(16)
+    bot_user = await hs.register(bot_name, bot_password)
+    _secret_file(base / "secrets" / "bot-password", bot_password)
+    _secret_file(base / "secrets" / "store-key", secrets.token_urlsafe(32))
+
+    worker = await start_user(hs, base, worker_name)
+    team_room = await worker.create_room(
+        invite=[bot_user], encrypted=True, direct=False, name="Advice team"
+    )
+    world = World(hs, base, base / "config.toml", bot_user, team_room, worker, [worker])
+    world.config_path.write_text(
+        CONFIG_TEMPLATE.format(
+            url=hs.url,
+            bot_user=bot_user,
+            server_name=hs.server_name,
+            team_room=world.team_room,
+            log_level=log_level,
+        ),
+        encoding="utf-8",
+    )
+    return world

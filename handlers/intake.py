@@ -1,0 +1,160 @@
+"""Taking a referral: validate, record, acknowledge with its classification, tell the team.
+
+The Serious Case Review found referrers who never knew whether their call was treated as
+a child protection referral. So the type is required (no default), it is recorded as
+declared and by whom, and the acknowledgement states it in capitals.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bot.store import Tx
+from handlers.ports import Incoming, OutgoingMessage, txn_id_for
+from handlers.referral_form import FieldProblem, parse_referral
+from handlers.render import Doc
+from handlers.settings import Settings
+from handlers.working_days import add_working_days, describe_deadline
+from schemas.referral import ReferralForm, ReferralType
+
+log = logging.getLogger(__name__)
+LONDON = ZoneInfo("Europe/London")
+
+
+def type_label(value: str) -> str:
+    """The classification as every message shows it: in capitals, exactly as recorded."""
+    return ReferralType(value).label
+
+
+def format_time(dt: datetime) -> str:
+    return dt.astimezone(LONDON).strftime("%A %d %B %Y, %H:%M")
+
+
+async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
+    received = datetime.fromtimestamp(msg.origin_ts / 1000, UTC)
+    parsed = parse_referral(msg.body, today=received.astimezone(LONDON).date())
+    if parsed.form is None:
+        await _reply_problems(tx, msg, parsed.problems)
+        log.info("referral form rejected: event=%s problems=%d", msg.event_id, len(parsed.problems))
+        return
+    form = parsed.form
+
+    year = received.astimezone(LONDON).year
+    year_seq = await tx.next_year_seq(year)
+    ref = f"REF-{year}-{year_seq:06d}"
+    if form.immediate_danger:
+        due = received + timedelta(minutes=settings.immediate_danger_minutes)
+    else:
+        due = add_working_days(received, settings.decision_working_days)
+
+    referral_id = await tx.insert_referral(
+        ref=ref,
+        year=year,
+        year_seq=year_seq,
+        event_id=msg.event_id,
+        room_id=msg.room_id,
+        sender=msg.sender,
+        received_at=received,
+        declared_type=form.referral_type.value,
+        immediate_danger=form.immediate_danger,
+        decision_due=due,
+        form=form.model_dump(mode="json"),
+    )
+    await tx.append_record(
+        referral_id,
+        msg.sender,
+        "received",
+        {
+            "event_id": msg.event_id,
+            "room_id": msg.room_id,
+            "declared_type": form.referral_type.value,
+            "declared_by": msg.sender,
+            "decision_due": due.isoformat(),
+        },
+    )
+
+    body, html = _acknowledgement(ref, form, received, due, settings).render()
+    await tx.enqueue(
+        OutgoingMessage(
+            msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id
+        ),
+        txn_id=txn_id_for(msg.event_id, "ack"),
+        purpose="ack",
+        referral_id=referral_id,
+    )
+    body, html = _team_summary(ref, form, received, due).render()
+    await tx.enqueue(
+        OutgoingMessage(settings.advice_team_room, body, html),
+        txn_id=txn_id_for(msg.event_id, "team_summary"),
+        purpose="team_summary",
+        referral_id=referral_id,
+    )
+    log.info("referral recorded: ref=%s event=%s type=%s", ref, msg.event_id, form.referral_type.name)
+
+
+def _acknowledgement(
+    ref: str, form: ReferralForm, received: datetime, due: datetime, settings: Settings
+) -> Doc:
+    label = form.referral_type.label
+    doc = Doc()
+    if form.immediate_danger:
+        doc.para(
+            "IMMEDIATE DANGER: if a child is in immediate danger, also phone the police on 999 now.",
+            strong=True,
+        )
+    doc.heading(f"{ref}: recorded as a {label}")
+    doc.fields(
+        ("Reference", ref),
+        ("Recorded as", label),
+        ("Received", format_time(received)),
+        ("Concerns", ", ".join(c.value for c in form.concerns)),
+        ("Immediate danger", "YES" if form.immediate_danger else "no"),
+    )
+    if form.immediate_danger:
+        doc.para(
+            "What happens next: the advice team has been alerted now and will decide what "
+            f"happens by {describe_deadline(due)} at the latest."
+        )
+    else:
+        days = settings.decision_working_days
+        span = "one working day" if days == 1 else f"{days} working days"
+        doc.para(
+            f"What happens next: the advice team will decide what happens by "
+            f"{describe_deadline(due)} ({span}; weekends and bank holidays in England and "
+            "Wales are not counted)."
+        )
+    doc.para(
+        f"You will be told here, in this thread, of every change to {ref}: when it is "
+        "claimed, if it is reclassified, and when it is decided."
+    )
+    return doc
+
+
+def _team_summary(ref: str, form: ReferralForm, received: datetime, due: datetime) -> Doc:
+    doc = Doc()
+    if form.immediate_danger:
+        doc.para(f"IMMEDIATE DANGER: {ref} needs action now.", strong=True)
+    doc.heading(f"New {form.referral_type.label}: {ref}")
+    doc.fields(
+        ("Type", form.referral_type.label),
+        ("Concerns", ", ".join(c.value for c in form.concerns)),
+        ("Immediate danger", "YES" if form.immediate_danger else "no"),
+        ("Referrer agency", form.referrer.agency),
+        ("Received", format_time(received)),
+        ("Decision due", describe_deadline(due)),
+    )
+    return doc
+
+
+async def _reply_problems(tx: Tx, msg: Incoming, problems: tuple[FieldProblem, ...]) -> None:
+    doc = Doc().heading("Referral NOT recorded: please correct the form and send it again")
+    doc.bullets(*(f"{p.field}: {p.problem}" for p in problems))
+    doc.para("Nothing from this message has been stored. Send !refer template for the blank form.")
+    body, html = doc.render()
+    await tx.enqueue(
+        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id),
+        txn_id=txn_id_for(msg.event_id, "form_problems"),
+        purpose="form_problems",
+    )

@@ -1,0 +1,68 @@
+"""The plain values that cross between the Matrix shell and the use cases.
+
+Nothing here knows about matrix-nio: the shell turns events into `Incoming` and turns
+`OutgoingMessage` into Matrix events.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A message the bot must act on, as it was stored in the inbox."""
+
+    seq: int
+    event_id: str
+    room_id: str
+    sender: str
+    origin_ts: int
+    room_encrypted: bool
+    body: str
+    # True when the room is unencrypted: the body was never stored, only that it looked
+    # like a command.
+    withheld: bool = False
+
+
+@dataclass(frozen=True)
+class OutgoingMessage:
+    """A notice to send. `reply_to` makes it a reply; `thread_root` puts it in a thread."""
+
+    room_id: str
+    body: str
+    html: str
+    reply_to: str | None = None
+    thread_root: str | None = None
+    # Sensitive messages carry referral details and are only ever sent to encrypted rooms.
+    sensitive: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
+        return cls(**data)
+
+
+def txn_id_for(answered_event_id: str, purpose: str) -> str:
+    """A transaction ID derived from what a message answers.
+
+    A retry after a crash re-sends with the same ID and the homeserver drops the copy.
+    """
+    digest = hashlib.sha256(f"{answered_event_id}\x00{purpose}".encode()).hexdigest()
+    return f"rb{digest[:40]}"
+
+
+class Messenger(Protocol):
+    """What the outbox needs from a chat network."""
+
+    async def send(self, message: OutgoingMessage, txn_id: str) -> str:
+        """Send and return the new event's ID. Raise `SendRefused` or any error to retry."""
+        ...
+
+
+class SendRefused(Exception):
+    """The message must not be sent as it is (for example: the room is not encrypted)."""

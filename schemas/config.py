@@ -1,0 +1,190 @@
+"""The bot's configuration file (TOML), validated before anything starts.
+
+Unknown keys are errors: a misspelt key that silently falls back to a default is how a
+safeguarding rule gets switched off without anyone noticing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+USER_ID_RE = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+SERVER_NAME_RE = re.compile(r"^[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretSource(_Strict):
+    """Where a secret comes from: an environment variable or a file, never the TOML itself."""
+
+    env: str | None = Field(default=None, description="name of an environment variable")
+    file: Path | None = Field(default=None, description="path of a file holding the secret")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> SecretSource:
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of 'env' (a variable name) or 'file' (a path)")
+        return self
+
+    def describe(self) -> str:
+        return f"environment variable {self.env}" if self.env else f"file {self.file}"
+
+    def read(self) -> str:
+        """Return the secret, or raise ConfigError saying where it was looked for."""
+        if self.env is not None:
+            value = os.environ.get(self.env, "")
+        else:
+            assert self.file is not None
+            try:
+                value = self.file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise ConfigError([f"cannot read secret from {self.describe()}: {exc.strerror}"]) from exc
+        value = value.strip()
+        if not value:
+            raise ConfigError([f"the secret in {self.describe()} is empty or not set"])
+        return value
+
+
+class HomeserverConfig(_Strict):
+    url: str = Field(description="client-server API base URL, e.g. https://matrix.example.org")
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError("must start with http:// or https:// followed by a host")
+        return v.rstrip("/")
+
+
+class BotConfig(_Strict):
+    user_id: str = Field(description="the bot's full Matrix ID, e.g. @referral-bot:example.org")
+    password: SecretSource = Field(description="used only on the first start to log in")
+    device_name: str = "referral-bot"
+
+    @field_validator("user_id")
+    @classmethod
+    def _user_id(cls, v: str) -> str:
+        if not USER_ID_RE.match(v):
+            raise ValueError("must be a full Matrix user ID like @referral-bot:example.org")
+        return v
+
+
+class StorageConfig(_Strict):
+    data_dir: Path = Field(description="holds credentials, the E2EE store and the database")
+    store_key: SecretSource = Field(description="encrypts the E2EE store at rest")
+
+
+class AccessConfig(_Strict):
+    allowed_homeservers: Annotated[list[str], Field(min_length=1)]
+
+    @field_validator("allowed_homeservers")
+    @classmethod
+    def _names(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if not SERVER_NAME_RE.match(name):
+                raise ValueError(f"{name!r} is not a server name like example.org")
+        return v
+
+
+class RoomsConfig(_Strict):
+    advice_team: str = Field(
+        description="room ID (or #alias) of the advice-team room; summaries go there",
+    )
+
+    @field_validator("advice_team")
+    @classmethod
+    def _room(cls, v: str) -> str:
+        if not re.match(r"^[!#][^\s]+$", v):
+            raise ValueError("must be a room ID starting with ! or an alias starting with #")
+        return v
+
+
+class IntakeConfig(_Strict):
+    decision_working_days: Annotated[int, Field(ge=1, le=10)] = 1
+    immediate_danger_minutes: Annotated[int, Field(ge=5, le=480)] = 60
+    max_message_bytes: Annotated[int, Field(ge=1024, le=60_000)] = 40_000
+
+
+class LoggingConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(_Strict):
+    homeserver: HomeserverConfig
+    bot: BotConfig
+    storage: StorageConfig
+    access: AccessConfig
+    rooms: RoomsConfig
+    intake: IntakeConfig = IntakeConfig()
+    logging: LoggingConfig = LoggingConfig()
+
+    def is_allowed_user(self, user_id: str) -> bool:
+        """Whether a user may use the bot, decided from the user ID's server part alone.
+
+        Room IDs are not used: room version 12 IDs carry no server name.
+        """
+        if not USER_ID_RE.match(user_id):
+            return False
+        server = user_id.split(":", 1)[1]
+        return server in self.access.allowed_homeservers
+
+
+class ConfigError(Exception):
+    """A configuration problem, with one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _format_validation_error(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against config.example.toml)"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {msg}")
+    return lines
+
+
+def load_config(path: Path, *, base_dir: Path | None = None) -> Config:
+    """Read and validate a TOML config; relative paths are taken from the file's folder."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"cannot read {path}: {exc.strerror}"]) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path} is not valid TOML: {exc}"]) from exc
+    try:
+        config = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+    root = base_dir or path.parent
+    return _resolve_paths(config, root)
+
+
+def _resolve_paths(config: Config, root: Path) -> Config:
+    def fix(p: Path) -> Path:
+        return p if p.is_absolute() else (root / p)
+
+    storage = config.storage.model_copy(update={"data_dir": fix(config.storage.data_dir)})
+    if storage.store_key.file is not None:
+        storage = storage.model_copy(
+            update={"store_key": SecretSource(file=fix(storage.store_key.file))}
+        )
+    bot = config.bot
+    if bot.password.file is not None:
+        bot = bot.model_copy(update={"password": SecretSource(file=fix(bot.password.file))})
+    return config.model_copy(update={"storage": storage, "bot": bot})
