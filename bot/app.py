@@ -76,9 +76,7 @@ class BotApp:
         if room not in getattr(joined, "rooms", []):
             result = await self.client.join(room)
             if not isinstance(result, JoinResponse):
-                log.warning(
-                    "not in the advice-team room yet (invite the bot): room=%s", room
-                )
+                log.warning("not in the advice-team room yet (invite the bot): room=%s", room)
         return room
 
     async def wait_ready(self, timeout: float = 30.0) -> None:

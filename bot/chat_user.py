@@ -89,9 +89,7 @@ class ChatUser:
             self._on_event, (RoomMessageText, RoomMessageNotice, MegolmEvent)
         )
         await self.client.sync(timeout=0, full_state=True)
-        self._task = asyncio.create_task(
-            self.client.sync_forever(timeout=3000, loop_sleep_time=0)
-        )
+        self._task = asyncio.create_task(self.client.sync_forever(timeout=3000, loop_sleep_time=0))
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -142,7 +140,12 @@ class ChatUser:
         return (await self.wait_for(lambda r: r.in_reply_to == event_id, timeout))[0]
 
     async def create_room(
-        self, invite: list[str], *, encrypted: bool = True, direct: bool = True, name: str | None = None
+        self,
+        invite: list[str],
+        *,
+        encrypted: bool = True,
+        direct: bool = True,
+        name: str | None = None,
     ) -> str:
         resp = await self.client.room_create(
             is_direct=direct,

@@ -33,7 +33,7 @@ def setup_logging(level: str) -> None:
 
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
-    problems = []
+    problems: list[str] = []
     for name, source in (
         ("bot.password", config.bot.password),
         ("storage.store_key", config.storage.store_key),

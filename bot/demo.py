@@ -53,7 +53,9 @@ async def run_demo(keep: bool = False) -> int:
         nurse = await world.add_user("demo-nurse")
         dm = await nurse.create_room(invite=[world.bot_user], encrypted=True)
         await nurse.wait_joined(dm, world.bot_user)
-        print(f"Bot {world.bot_user} is ready; practitioner {nurse.user_id} opened an encrypted DM.")
+        print(
+            f"Bot {world.bot_user} is ready; practitioner {nurse.user_id} opened an encrypted DM."
+        )
 
         _rule("The practitioner sends")
         print(DEMO_REFERRAL)

@@ -123,7 +123,9 @@ class Pipeline:
             try:
                 event_id = await self.messenger.send(row.message, row.txn_id)
             except SendRefused as exc:
-                log.error("message refused: outbox=%d purpose=%s reason=%s", row.id, row.purpose, exc)
+                log.error(
+                    "message refused: outbox=%d purpose=%s reason=%s", row.id, row.purpose, exc
+                )
                 async with self.store.transaction() as tx:
                     await tx.mark_refused(row, str(exc))
                 return

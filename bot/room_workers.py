@@ -44,8 +44,12 @@ class RoomWorkers:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must not kill the room's queue for good
-                    log.error("%s worker failed: room=%s error=%s", self._name, room_id,
-                              type(exc).__name__)
+                    log.error(
+                        "%s worker failed: room=%s error=%s",
+                        self._name,
+                        room_id,
+                        type(exc).__name__,
+                    )
                     await asyncio.sleep(1)
                     self._again.add(room_id)
                 if room_id not in self._again:

@@ -111,7 +111,11 @@ async def open_client(
         _write_private(
             creds_path,
             json.dumps(
-                {"user_id": resp.user_id, "device_id": resp.device_id, "access_token": resp.access_token}
+                {
+                    "user_id": resp.user_id,
+                    "device_id": resp.device_id,
+                    "access_token": resp.access_token,
+                }
             ),
         )
         log.info("logged in as a new device: device=%s", resp.device_id)

@@ -210,7 +210,8 @@ class Tx:
 
     async def set_decrypted(self, seq: int, payload: dict[str, Any]) -> None:
         await self._db.execute(
-            "UPDATE inbox SET state = 'pending', payload = ? WHERE seq = ? AND state = 'undecrypted'",
+            "UPDATE inbox SET state = 'pending', payload = ?"
+            " WHERE seq = ? AND state = 'undecrypted'",
             (_dumps(payload), seq),
         )
 
@@ -263,7 +264,9 @@ class Tx:
         return cur.lastrowid
 
     async def referral_by_event(self, event_id: str) -> Referral | None:
-        async with self._db.execute("SELECT * FROM referrals WHERE event_id = ?", (event_id,)) as cur:
+        async with self._db.execute(
+            "SELECT * FROM referrals WHERE event_id = ?", (event_id,)
+        ) as cur:
             row = await cur.fetchone()
         return None if row is None else _referral(row)
 

@@ -14,6 +14,7 @@ the events a `limited` timeline left out. This loop instead:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -38,7 +39,7 @@ from bot.store import InboxItem, Store
 
 log = logging.getLogger(__name__)
 
-TOKEN_KEY = "sync_token"
+TOKEN_KEY = "sync_token"  # noqa: S105 - a key name, not a secret
 SYNC_TIMEOUT_MS = 30_000
 SYNC_FILTER: dict[str, Any] = {
     "presence": {"not_types": ["*"]},
@@ -190,10 +191,8 @@ class SyncLoop:
         if event.session_id in self._requested_keys:
             return
         self._requested_keys.add(event.session_id)
-        try:
+        with contextlib.suppress(LocalProtocolError):
             await self.client.request_room_key(event)
-        except LocalProtocolError:
-            pass
 
     async def _retry_undecrypted(self) -> None:
         async with self.store.transaction() as tx:

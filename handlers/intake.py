@@ -77,9 +77,7 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
 
     body, html = _acknowledgement(ref, form, received, due, settings).render()
     await tx.enqueue(
-        OutgoingMessage(
-            msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id
-        ),
+        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id),
         txn_id=txn_id_for(msg.event_id, "ack"),
         purpose="ack",
         referral_id=referral_id,
@@ -91,7 +89,9 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
         purpose="team_summary",
         referral_id=referral_id,
     )
-    log.info("referral recorded: ref=%s event=%s type=%s", ref, msg.event_id, form.referral_type.name)
+    log.info(
+        "referral recorded: ref=%s event=%s type=%s", ref, msg.event_id, form.referral_type.name
+    )
 
 
 def _acknowledgement(
@@ -101,7 +101,8 @@ def _acknowledgement(
     doc = Doc()
     if form.immediate_danger:
         doc.para(
-            "IMMEDIATE DANGER: if a child is in immediate danger, also phone the police on 999 now.",
+            "IMMEDIATE DANGER: if a child is in immediate danger, "
+            "also phone the police on 999 now.",
             strong=True,
         )
     doc.heading(f"{ref}: recorded as a {label}")

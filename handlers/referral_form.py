@@ -549,10 +549,13 @@ class _Reader:
         for key, found_here in self.occurrences.items():
             given = [occurrence for occurrence in found_here if occurrence.value()]
             if len(given) > 1:
-                numbers = ", ".join(str(occurrence.line_number) for occurrence in given)
+                numbers = ", ".join(str(occurrence.line_number) for occurrence in given[:5])
+                if len(given) > 5:
+                    numbers += ", …"
+                times = "twice" if len(given) == 2 else f"{len(given):,} times"
                 self.problem(
                     FIELD_BY_KEY[key].label,
-                    f"given twice (lines {numbers}); give it only once. If a line of free "
+                    f"given {times} (lines {numbers}); give it only once. If a line of free "
                     "text starts with this word and a colon, reword it so it does not look "
                     "like a field",
                 )

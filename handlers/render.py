@@ -93,7 +93,9 @@ class Doc:
                     cells = [(clean_text(k), clean_text(v)) for k, v in rows]
                     plain.extend(f"{k}: {v}" for k, v in cells)
                     out.append(
-                        "<ul>" + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in cells) + "</ul>"
+                        "<ul>"
+                        + "".join(f"<li><b>{_e(k)}</b>: {_e(v)}</li>" for k, v in cells)
+                        + "</ul>"
                     )
                 case Bullets(items):
                     cleaned = [clean_text(i) for i in items]

@@ -46,7 +46,9 @@ class SecretSource(_Strict):
             try:
                 value = self.file.read_text(encoding="utf-8")
             except OSError as exc:
-                raise ConfigError([f"cannot read secret from {self.describe()}: {exc.strerror}"]) from exc
+                raise ConfigError(
+                    [f"cannot read secret from {self.describe()}: {exc.strerror}"]
+                ) from exc
         value = value.strip()
         if not value:
             raise ConfigError([f"the secret in {self.describe()} is empty or not set"])

@@ -1,0 +1,30 @@
+"""An in-memory chat network for handler tests: it records what would be sent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from handlers.ports import OutgoingMessage, SendRefused
+
+
+@dataclass
+class MemoryMessenger:
+    encrypted_rooms: set[str] = field(default_factory=set)
+    sent: list[tuple[str, OutgoingMessage]] = field(default_factory=list)
+    fail_next: int = 0
+    seen_txn_ids: set[str] = field(default_factory=set)
+
+    async def send(self, message: OutgoingMessage, txn_id: str) -> str:
+        if self.fail_next:
+            self.fail_next -= 1
+            raise ConnectionError("homeserver unreachable")
+        if message.sensitive and message.room_id not in self.encrypted_rooms:
+            raise SendRefused("room is not end-to-end encrypted")
+        if txn_id in self.seen_txn_ids:  # like a homeserver: the same txn ID is one event
+            return f"$dup-{txn_id}"
+        self.seen_txn_ids.add(txn_id)
+        self.sent.append((txn_id, message))
+        return f"$sent{len(self.sent)}"
+
+    def to(self, room_id: str) -> list[OutgoingMessage]:
+        return [m for _, m in self.sent if m.room_id == room_id]

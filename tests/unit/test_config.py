@@ -1,0 +1,94 @@
+"""Configuration: the example is valid, and mistakes are named precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bot.cli import main
+from schemas.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_example_config_is_valid() -> None:
+    config = load_config(ROOT / "config.example.toml")
+    assert config.access.allowed_homeservers == ["example.org"]
+    assert config.intake.decision_working_days == 1
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "c.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+GOOD = """
+[homeserver]
+url = "http://127.0.0.1:8008"
+[bot]
+user_id = "@bot:example.org"
+password = { env = "RB_TEST_PASSWORD" }
+[storage]
+data_dir = "data"
+store_key = { file = "key" }
+[access]
+allowed_homeservers = ["example.org"]
+[rooms]
+advice_team = "!team:example.org"
+"""
+
+
+def test_relative_paths_are_taken_from_the_config_folder(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.storage.data_dir == tmp_path / "data"
+    assert config.storage.store_key.file == tmp_path / "key"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (("allowed_homeservers", "allowed_homeserver"), "access.allowed_homeserver: unknown key"),
+        (('"@bot:example.org"', '"bot"'), "bot.user_id: must be a full Matrix user ID"),
+        (('{ env = "RB_TEST_PASSWORD" }', '"hunter2"'), "bot.password"),
+        (('{ file = "key" }', '{ file = "key", env = "X" }'), "give exactly one of"),
+        (('"http://127.0.0.1:8008"', '"ftp://x"'), "homeserver.url: must start with http"),
+        (('"!team:example.org"', '"team"'), "rooms.advice_team: must be a room ID"),
+        (("[rooms]\nadvice_team", "[rooms]\nxadvice_team"), "rooms.advice_team: required key"),
+    ],
+)
+def test_errors_name_the_key_and_what_is_allowed(
+    tmp_path: Path, change: tuple[str, str], expected: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, GOOD.replace(*change)))
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_check_config_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, GOOD)
+    monkeypatch.delenv("RB_TEST_PASSWORD", raising=False)
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "bot.password" in err and "RB_TEST_PASSWORD" in err
+    assert "storage.store_key" in err and "cannot read secret" in err
+
+    monkeypatch.setenv("RB_TEST_PASSWORD", "pw")
+    (tmp_path / "key").write_text("short")
+    assert main(["check-config", "-c", str(path)]) == 2
+    assert "long random secret" in capsys.readouterr().err
+
+    (tmp_path / "key").write_text("k" * 40)
+    assert main(["check-config", "-c", str(path)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_allowed_users_are_decided_from_the_user_id(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.is_allowed_user("@nurse:example.org")
+    assert not config.is_allowed_user("@nurse:evil.example")
+    assert not config.is_allowed_user("@nurse:example.org.evil")
+    assert not config.is_allowed_user("!room")
