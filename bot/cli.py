@@ -37,6 +37,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for name, source in (
         ("bot.password", config.bot.password),
         ("storage.store_key", config.storage.store_key),
+        ("storage.database_key", config.storage.database_key),
     ):
         try:
             value = source.read()
@@ -45,7 +46,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
                 continue  # only needed before the first login
             problems.extend(f"{name}: {p}" for p in exc.problems)
             continue
-        if name == "storage.store_key" and len(value) < 32:
+        if name != "bot.password" and len(value) < 32:
             problems.append(f"{name}: use a long random secret (at least 32 characters)")
     if problems:
         print(f"{args.config}: {len(problems)} problem(s):", file=sys.stderr)

@@ -35,6 +35,7 @@ password = {{ file = "secrets/bot-password" }}
 [storage]
 data_dir = "data"
 store_key = {{ file = "secrets/store-key" }}
+database_key = {{ file = "secrets/database-key" }}
 
 [access]
 allowed_homeservers = ["{server_name}"]
@@ -94,6 +95,7 @@ async def make_world(
     bot_user = await hs.register(bot_name, bot_password)
     _secret_file(base / "secrets" / "bot-password", bot_password)
     _secret_file(base / "secrets" / "store-key", secrets.token_urlsafe(32))
+    _secret_file(base / "secrets" / "database-key", secrets.token_urlsafe(32))
 
     worker = await start_user(hs, base, worker_name)
     team_room = await worker.create_room(

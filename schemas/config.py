@@ -82,6 +82,9 @@ class BotConfig(_Strict):
 class StorageConfig(_Strict):
     data_dir: Path = Field(description="holds credentials, the E2EE store and the database")
     store_key: SecretSource = Field(description="encrypts the E2EE store at rest")
+    database_key: SecretSource = Field(
+        description="encrypts personal fields in the database and keys the child-matching hash"
+    )
 
 
 class AccessConfig(_Strict):
@@ -182,10 +185,10 @@ def _resolve_paths(config: Config, root: Path) -> Config:
         return p if p.is_absolute() else (root / p)
 
     storage = config.storage.model_copy(update={"data_dir": fix(config.storage.data_dir)})
-    if storage.store_key.file is not None:
-        storage = storage.model_copy(
-            update={"store_key": SecretSource(file=fix(storage.store_key.file))}
-        )
+    for name in ("store_key", "database_key"):
+        source: SecretSource = getattr(storage, name)
+        if source.file is not None:
+            storage = storage.model_copy(update={name: SecretSource(file=fix(source.file))})
     bot = config.bot
     if bot.password.file is not None:
         bot = bot.model_copy(update={"password": SecretSource(file=fix(bot.password.file))})

@@ -33,6 +33,7 @@ password = { env = "RB_TEST_PASSWORD" }
 [storage]
 data_dir = "data"
 store_key = { file = "key" }
+database_key = { file = "key" }
 [access]
 allowed_homeservers = ["example.org"]
 [rooms]

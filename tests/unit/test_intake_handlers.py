@@ -92,7 +92,8 @@ async def test_valid_referral_is_recorded_acknowledged_and_summarised(
         ("REF-2026-000001", "child protection referral", NURSE, "received")
     ]
     kinds = [k for (k,) in rows(store, "SELECT kind FROM record_entries ORDER BY id")]
-    assert kinds == ["received", "ack_sent", "team_summary_sent"]
+    # The two rooms are served by separate workers, in either order.
+    assert kinds[0] == "received" and sorted(kinds[1:]) == ["ack_sent", "team_summary_sent"]
     assert rows(store, "SELECT payload FROM inbox") == [(None,)], "handled text is forgotten"
 
 
