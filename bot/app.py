@@ -10,11 +10,13 @@ import time
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
+from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.session import open_client, secure_dir
 from bot.store import Store
 from bot.sync_loop import SyncLoop
+from bot.timers import run_deadline_clock
 from handlers.settings import Settings
 from schemas.config import Config
 
@@ -29,6 +31,7 @@ class BotApp:
         self.pipeline: Pipeline | None = None
         self.sync: SyncLoop | None = None
         self._sync_task: asyncio.Task[None] | None = None
+        self._clock_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
     async def start(self) -> None:
@@ -48,12 +51,16 @@ class BotApp:
             store_key=store_key,
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
-        settings = Settings.from_config(cfg, team_room)
+        keyring = Keyring(cfg.storage.database_key.read())
+        settings = Settings.from_config(cfg, team_room, keyring)
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
         self.pipeline = Pipeline(self.store, settings, messenger)
         self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
         await self.pipeline.resume()
+        self._clock_task = asyncio.create_task(
+            run_deadline_clock(self.pipeline), name="deadline-clock"
+        )
 
     async def _run_sync(self) -> None:
         assert self.sync is not None
@@ -95,6 +102,10 @@ class BotApp:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
+        if self._clock_task is not None:
+            self._clock_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clock_task
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

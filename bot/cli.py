@@ -76,6 +76,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from bot.export import export_referral
+
+    config = _load(args.config)
+    try:
+        paths = asyncio.run(export_referral(config, args.ref, args.out))
+    except (LookupError, ConfigError) as exc:
+        print(f"referral-bot export: {exc}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bot.demo import run_demo
 
@@ -95,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("check-config", help="validate a configuration file and its secrets")
     p.add_argument("-c", "--config", type=Path, required=True)
     p.set_defaults(func=cmd_check_config)
+    p = sub.add_parser("export", help="write a referral and its chronology as Markdown and JSON")
+    p.add_argument("ref", help="reference, e.g. REF-2026-000123")
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, default=Path("."), help="folder (default: here)")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

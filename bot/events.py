@@ -38,11 +38,12 @@ def safe_text(text: str) -> str:
 
 
 def to_inbox_item(
-    event: Event, room_id: str, room_encrypted: bool, bot_user_id: str
+    event: Event, room_id: str, room_encrypted: bool, bot_user_id: str, private: bool = False
 ) -> InboxItem | None:
     """The inbox item for one timeline event, or None if the bot has nothing to do with it.
 
     The caller has already checked that the sender is allowed to use the bot.
+    `private` says that only the bot and the sender are in the room.
     """
     if event.sender == bot_user_id:
         return None
@@ -71,7 +72,8 @@ def to_inbox_item(
         # Never store what was sent in the clear: only that a command was attempted.
         payload: dict[str, Any] = {"withheld": True}
     else:
-        payload = {"body": body}
+        # `private`: only the bot and the sender are in the room (a direct message).
+        payload = {"body": body, "private": private}
     return InboxItem(
         event_id=event.event_id,
         room_id=room_id,

@@ -30,8 +30,9 @@ def matrix_content(message: OutgoingMessage) -> dict[str, Any]:
         "body": message.body,
         "format": "org.matrix.custom.html",
         "formatted_body": message.html,
-        # Intentional mentions: the bot never pings anyone, whatever the text says.
-        "m.mentions": {},
+        # Intentional mentions: only the users named by the handler are pinged, never
+        # anyone (or @room) that user text happens to name.
+        "m.mentions": {"user_ids": list(message.mentions)} if message.mentions else {},
     }
     if message.thread_root is not None:
         content["m.relates_to"] = {

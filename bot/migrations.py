@@ -85,6 +85,41 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX outbox_unsent ON outbox (sent_at, room_id, id);
         """,
     ),
+    (
+        2,
+        """
+        -- The advice team's workflow: claim, RAG rating, decision, reclassification,
+        -- reminders, telephone referrals and matching records about the same child.
+        ALTER TABLE referrals ADD COLUMN claimed_by TEXT;
+        ALTER TABLE referrals ADD COLUMN claimed_at TEXT;
+        ALTER TABLE referrals ADD COLUMN rag TEXT CHECK (rag IN ('red', 'amber', 'green'));
+        ALTER TABLE referrals ADD COLUMN outcome TEXT;
+        ALTER TABLE referrals ADD COLUMN decided_by TEXT;
+        ALTER TABLE referrals ADD COLUMN decided_at TEXT;
+        ALTER TABLE referrals ADD COLUMN pending_reclassification TEXT;
+        ALTER TABLE referrals ADD COLUMN channel TEXT NOT NULL DEFAULT 'matrix';
+        ALTER TABLE referrals ADD COLUMN written_followup_due TEXT;
+        ALTER TABLE referrals ADD COLUMN written_followup_at TEXT;
+        ALTER TABLE referrals ADD COLUMN followup_flagged_at TEXT;
+        ALTER TABLE referrals ADD COLUMN child_key TEXT;
+        ALTER TABLE referrals ADD COLUMN agency TEXT;
+        ALTER TABLE referrals ADD COLUMN last_reminder_at TEXT;
+        ALTER TABLE referrals ADD COLUMN reminder_count INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX referrals_open ON referrals (state, received_at);
+        CREATE INDEX referrals_child ON referrals (child_key);
+
+        -- Links and unlinks made by hand between records about the same child.
+        CREATE TABLE referral_links (
+            low_id  INTEGER NOT NULL REFERENCES referrals (id),
+            high_id INTEGER NOT NULL REFERENCES referrals (id),
+            linked  INTEGER NOT NULL,
+            by_user TEXT    NOT NULL,
+            at      TEXT    NOT NULL,
+            PRIMARY KEY (low_id, high_id),
+            CHECK (low_id < high_id)
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -59,6 +59,9 @@ class UndecryptedItem:
     event: dict[str, Any]
 
 
+OPEN_STATES = ("received", "claimed")
+
+
 @dataclass(frozen=True)
 class Referral:
     id: int
@@ -71,9 +74,27 @@ class Referral:
     declared_by: str
     current_type: str
     immediate_danger: bool
-    state: str
+    state: str  # received (unclaimed), claimed, decided
     decision_due: datetime
     form: dict[str, Any]
+    claimed_by: str | None = None
+    rag: str | None = None
+    outcome: str | None = None
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    pending_reclassification: dict[str, Any] | None = None
+    channel: str = "matrix"
+    written_followup_due: datetime | None = None
+    written_followup_at: datetime | None = None
+    followup_flagged_at: datetime | None = None
+    child_key: str | None = None
+    agency: str | None = None
+    last_reminder_at: datetime | None = None
+    reminder_count: int = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.state in OPEN_STATES
 
 
 @dataclass(frozen=True)
@@ -96,7 +117,12 @@ class OutboxRow:
     attempts: int
 
 
+def _dt(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
 def _referral(row: aiosqlite.Row) -> Referral:
+    pending = row["pending_reclassification"]
     return Referral(
         id=row["id"],
         ref=row["ref"],
@@ -111,6 +137,20 @@ def _referral(row: aiosqlite.Row) -> Referral:
         state=row["state"],
         decision_due=datetime.fromisoformat(row["decision_due"]),
         form=json.loads(row["form"]),
+        claimed_by=row["claimed_by"],
+        rag=row["rag"],
+        outcome=row["outcome"],
+        decided_by=row["decided_by"],
+        decided_at=_dt(row["decided_at"]),
+        pending_reclassification=json.loads(pending) if pending else None,
+        channel=row["channel"],
+        written_followup_due=_dt(row["written_followup_due"]),
+        written_followup_at=_dt(row["written_followup_at"]),
+        followup_flagged_at=_dt(row["followup_flagged_at"]),
+        child_key=row["child_key"],
+        agency=row["agency"],
+        last_reminder_at=_dt(row["last_reminder_at"]),
+        reminder_count=row["reminder_count"],
     )
 
 
@@ -122,6 +162,21 @@ class Tx:
         self.now = now
         # Rooms that got a new outgoing message in this transaction.
         self.touched_rooms: set[str] = set()
+        self._touched_before: set[str] = set()
+
+    # -- savepoints: undo part of a transaction (a refused command) ----------------------
+
+    async def savepoint(self) -> None:
+        await self._db.execute("SAVEPOINT command")
+        self._touched_before = set(self.touched_rooms)
+
+    async def rollback_to_savepoint(self) -> None:
+        await self._db.execute("ROLLBACK TO SAVEPOINT command")
+        await self._db.execute("RELEASE SAVEPOINT command")
+        self.touched_rooms = self._touched_before
+
+    async def release_savepoint(self) -> None:
+        await self._db.execute("RELEASE SAVEPOINT command")
 
     # -- key/value ---------------------------------------------------------------------
 
@@ -184,6 +239,7 @@ class Tx:
             room_encrypted=bool(row["room_encrypted"]),
             body=str(payload.get("body", "")),
             withheld=bool(payload.get("withheld", False)),
+            private=bool(payload.get("private", False)),
         )
 
     async def rooms_with_pending(self) -> list[str]:
@@ -239,11 +295,18 @@ class Tx:
         immediate_danger: bool,
         decision_due: datetime,
         form: dict[str, Any],
+        declared_by: str | None = None,
+        rag: str | None = None,
+        channel: str = "matrix",
+        written_followup_due: datetime | None = None,
+        child_key: str | None = None,
+        agency: str | None = None,
     ) -> int:
         cur = await self._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
             " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
-            " form) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?)",
+            " form, rag, channel, written_followup_due, child_key, agency)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
             (
                 ref,
                 year,
@@ -253,11 +316,16 @@ class Tx:
                 sender,
                 _iso(received_at),
                 declared_type,
-                sender,
+                declared_by or sender,
                 declared_type,
                 int(immediate_danger),
                 _iso(decision_due),
                 _dumps(form),
+                rag,
+                channel,
+                None if written_followup_due is None else _iso(written_followup_due),
+                child_key,
+                agency,
             ),
         )
         assert cur.lastrowid is not None
@@ -274,6 +342,127 @@ class Tx:
         async with self._db.execute("SELECT * FROM referrals WHERE ref = ?", (ref,)) as cur:
             row = await cur.fetchone()
         return None if row is None else _referral(row)
+
+    async def open_referrals(self) -> list[Referral]:
+        """Unclaimed and claimed-but-undecided referrals, oldest first."""
+        async with self._db.execute(
+            "SELECT * FROM referrals WHERE state IN ('received', 'claimed')"
+            " ORDER BY received_at, id"
+        ) as cur:
+            return [_referral(r) for r in await cur.fetchall()]
+
+    async def referrals_of_child(self, referral: Referral) -> list[Referral]:
+        """Every record about the same child: same keyed hash, plus links made by hand,
+        minus unlinks made by hand. Oldest first; includes `referral` itself."""
+        ids: set[int] = {referral.id}
+        if referral.child_key:
+            async with self._db.execute(
+                "SELECT id FROM referrals WHERE child_key = ?", (referral.child_key,)
+            ) as cur:
+                ids.update(r[0] for r in await cur.fetchall())
+        async with self._db.execute(
+            "SELECT low_id, high_id, linked FROM referral_links WHERE low_id = ? OR high_id = ?",
+            (referral.id, referral.id),
+        ) as cur:
+            for low, high, linked in await cur.fetchall():
+                other = high if low == referral.id else low
+                if linked:
+                    ids.add(other)
+                else:
+                    ids.discard(other)
+        marks = ",".join("?" * len(ids))
+        async with self._db.execute(
+            f"SELECT * FROM referrals WHERE id IN ({marks}) ORDER BY received_at, id",  # noqa: S608
+            tuple(ids),
+        ) as cur:
+            return [_referral(r) for r in await cur.fetchall()]
+
+    async def set_link(self, a: int, b: int, *, linked: bool, by: str) -> None:
+        low, high = sorted((a, b))
+        await self._db.execute(
+            "INSERT INTO referral_links (low_id, high_id, linked, by_user, at)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (low_id, high_id) DO UPDATE SET"
+            " linked = excluded.linked, by_user = excluded.by_user, at = excluded.at",
+            (low, high, int(linked), by, _iso(self.now)),
+        )
+
+    async def claim(self, referral_id: int, worker: str) -> bool:
+        """Claim an unclaimed open referral. False if someone else got there first."""
+        cur = await self._db.execute(
+            "UPDATE referrals SET claimed_by = ?, claimed_at = ?, state = 'claimed'"
+            " WHERE id = ? AND state = 'received' AND claimed_by IS NULL",
+            (worker, _iso(self.now), referral_id),
+        )
+        return cur.rowcount == 1
+
+    async def assign(self, referral_id: int, worker: str) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET claimed_by = ?, claimed_at = ?, state = 'claimed'"
+            " WHERE id = ? AND state IN ('received', 'claimed')",
+            (worker, _iso(self.now), referral_id),
+        )
+
+    async def release(self, referral_id: int) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET claimed_by = NULL, claimed_at = NULL, state = 'received'"
+            " WHERE id = ? AND state = 'claimed'",
+            (referral_id,),
+        )
+
+    async def set_rag(self, referral_id: int, rag: str, due: datetime) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET rag = ?, decision_due = ?, last_reminder_at = NULL WHERE id = ?",
+            (rag, _iso(due), referral_id),
+        )
+
+    async def decide(self, referral_id: int, outcome: str, by: str) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET state = 'decided', outcome = ?, decided_by = ?, decided_at = ?"
+            " WHERE id = ?",
+            (outcome, by, _iso(self.now), referral_id),
+        )
+
+    async def set_current_type(self, referral_id: int, new_type: str) -> None:
+        """Change the working classification; the declared type is never overwritten."""
+        await self._db.execute(
+            "UPDATE referrals SET current_type = ?, pending_reclassification = NULL WHERE id = ?",
+            (new_type, referral_id),
+        )
+
+    async def set_pending_reclassification(
+        self, referral_id: int, pending: dict[str, Any] | None
+    ) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET pending_reclassification = ? WHERE id = ?",
+            (None if pending is None else _dumps(pending), referral_id),
+        )
+
+    async def mark_reminded(self, referral_id: int) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET last_reminder_at = ?, reminder_count = reminder_count + 1"
+            " WHERE id = ?",
+            (_iso(self.now), referral_id),
+        )
+
+    async def written_followup_received(self, referral_id: int) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET written_followup_at = ? WHERE id = ?",
+            (_iso(self.now), referral_id),
+        )
+
+    async def flag_followup(self, referral_id: int) -> None:
+        await self._db.execute(
+            "UPDATE referrals SET followup_flagged_at = ? WHERE id = ?",
+            (_iso(self.now), referral_id),
+        )
+
+    async def followups_overdue(self) -> list[Referral]:
+        async with self._db.execute(
+            "SELECT * FROM referrals WHERE channel = 'phone' AND written_followup_at IS NULL"
+            " AND written_followup_due <= ? AND followup_flagged_at IS NULL",
+            (_iso(self.now),),
+        ) as cur:
+            return [_referral(r) for r in await cur.fetchall()]
 
     async def referral_count(self) -> int:
         async with self._db.execute("SELECT COUNT(*) FROM referrals") as cur:

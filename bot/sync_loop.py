@@ -150,10 +150,11 @@ class SyncLoop:
                 events = await self._backfill(room_id, info.timeline.prev_batch, since) + events
             room = self.client.rooms.get(room_id)
             encrypted = bool(room and room.encrypted)
+            private = bool(room and room.member_count <= 2)
             for event in events:
                 if not self.is_allowed(event.sender):
                     continue
-                item = to_inbox_item(event, room_id, encrypted, self.client.user_id)
+                item = to_inbox_item(event, room_id, encrypted, self.client.user_id, private)
                 if item is not None:
                     if item.state == "undecrypted" and isinstance(event, MegolmEvent):
                         await self._request_key(event)
@@ -215,7 +216,11 @@ class SyncLoop:
                 (
                     item.seq,
                     to_inbox_item(
-                        decrypted, item.room_id, bool(room and room.encrypted), self.client.user_id
+                        decrypted,
+                        item.room_id,
+                        bool(room and room.encrypted),
+                        self.client.user_id,
+                        bool(room and room.member_count <= 2),
                     ),
                 )
             )

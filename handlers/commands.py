@@ -2,18 +2,62 @@
 
 from __future__ import annotations
 
+import logging
+
 from bot.store import Tx
+from handlers import views, workflow
 from handlers.intake import take_referral
-from handlers.ports import Incoming, OutgoingMessage, txn_id_for
+from handlers.notify import reply
+from handlers.ports import Incoming
 from handlers.referral_form import referral_template
 from handlers.render import Doc
 from handlers.settings import Settings
+from handlers.workflow import Call, Handler, Refusal
+
+log = logging.getLogger(__name__)
 
 HELP: tuple[tuple[str, str], ...] = (
     ("!help", "this list"),
     ("!refer template", "the blank referral form, every field explained"),
     ("!refer", "send a referral: !refer on the first line, then one 'Field: value' per line"),
+    ("!status REF-…", "where your referral is now (referrers see only their own)"),
 )
+TEAM_HELP: tuple[tuple[str, str], ...] = (
+    ("!queue", "open referrals, oldest first, with deadlines"),
+    ("!claim REF-…", "take a referral (only one worker can hold it)"),
+    ("!release REF-…", "give it back to the queue"),
+    ("!assign REF-… @worker", "managers: give it to a worker"),
+    ("!show REF-…", "the full referral and its running record"),
+    ("!note REF-… text", "add to the running record (advice given, calls, checks)"),
+    ("!tell REF-… text", "add a note AND send it to the referrer"),
+    ("!rag REF-… red|amber|green", "RAG rating; sets the decision deadline"),
+    ("!decide REF-… assessment|strategy|early-help|nfa reason", "record the decision"),
+    ("!reclassify REF-… contact|child-protection reason", "change the classification"),
+    ("!confirm REF-…", "managers: confirm a downgrade to contact"),
+    ("!phone-referral", "log a telephone referral: same form as !refer, caller's details"),
+    ("!written REF-… note", "the written follow-up of a telephone referral arrived"),
+    ("!link REF-… REF-…", "count two records as the same child (!unlink to undo)"),
+    ("!chronology REF-…", "the referral and its chronology for the case record"),
+)
+
+# Commands for the advice team: (handler, managers only).
+TEAM_COMMANDS: dict[str, tuple[Handler, bool]] = {
+    "!queue": (views.queue, False),
+    "!claim": (workflow.claim, False),
+    "!release": (workflow.release, False),
+    "!assign": (workflow.assign, True),
+    "!show": (views.show, False),
+    "!note": (workflow.note, False),
+    "!tell": (workflow.tell, False),
+    "!rag": (workflow.rag, False),
+    "!decide": (workflow.decide, False),
+    "!reclassify": (workflow.reclassify, False),
+    "!confirm": (workflow.confirm, True),
+    "!written": (workflow.written, False),
+    "!link": (workflow.link, False),
+    "!unlink": (workflow.unlink, False),
+    "!chronology": (views.chronology, False),
+}
 
 
 def command_word(body: str) -> str | None:
@@ -43,23 +87,67 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
         if msg.room_id != settings.advice_team_room:
             await _reply(tx, msg, "hint", Doc().para("I only act on commands. Send !help."), False)
         return
+    first_line = msg.body.lstrip().split("\n", 1)[0].strip()
+    args = first_line[len(word) :].strip()
     if word == "!help":
         doc = Doc().heading("referral-bot commands").fields(*HELP)
+        if settings.is_team(msg.sender):
+            doc.heading("Advice team").fields(*TEAM_HELP)
         doc.para(
             "Referrals are only taken in end-to-end encrypted rooms. If a child is in immediate "
             "danger, phone the police on 999."
         )
         await _reply(tx, msg, "help", doc, sensitive=False)
     elif word == "!refer":
-        rest = msg.body.lstrip().split("\n", 1)[0].strip()[len("!refer") :].strip().lower()
-        if rest == "template":
+        if args.lower() == "template":
             doc = Doc().para("Copy this, fill it in and send it back:").pre(referral_template())
             await _reply(tx, msg, "template", doc, sensitive=False)
         else:
             await take_referral(tx, msg, settings)
+    elif word == "!status":
+        await _run(views.status, tx, msg, settings, args)
+    elif word == "!phone-referral":
+        if await _team_allowed(tx, msg, settings, word, managers_only=False):
+            await take_referral(tx, msg, settings, phone=True)
+    elif word in TEAM_COMMANDS:
+        handler, managers_only = TEAM_COMMANDS[word]
+        if await _team_allowed(tx, msg, settings, word, managers_only=managers_only):
+            await _run(handler, tx, msg, settings, args)
     else:
         doc = Doc().para(f"Unknown command {word}. Send !help for the list of commands.")
         await _reply(tx, msg, "unknown", doc, sensitive=False)
+
+
+async def _team_allowed(
+    tx: Tx, msg: Incoming, settings: Settings, word: str, *, managers_only: bool
+) -> bool:
+    """The one permission check for team commands: role now, and a room fit for details."""
+    if managers_only and not settings.is_manager(msg.sender):
+        refusal = f"Only a team manager can use {word}. Nothing was changed."
+    elif not settings.is_team(msg.sender):
+        refusal = f"Only members of the advice team can use {word}. Nothing was changed."
+    elif msg.room_id != settings.advice_team_room and not msg.private:
+        refusal = (
+            f"Use {word} in the advice-team room or in a direct message with me: referral "
+            "details are not shown in other rooms. Nothing was changed."
+        )
+    else:
+        return True
+    log.info("refused: command=%s event=%s", word, msg.event_id)
+    await _reply(tx, msg, "refused", Doc().para(refusal), sensitive=False)
+    return False
+
+
+async def _run(handler: Handler, tx: Tx, msg: Incoming, settings: Settings, args: str) -> None:
+    """Run a command; a Refusal rolls back whatever it had done and replies with the reason."""
+    await tx.savepoint()
+    try:
+        await handler(Call(tx, msg, settings, args))
+    except Refusal as refusal:
+        await tx.rollback_to_savepoint()
+        await _reply(tx, msg, "refused", Doc().para(str(refusal)), sensitive=False)
+    else:
+        await tx.release_savepoint()
 
 
 def _refuse_unencrypted(settings: Settings) -> Doc:
@@ -72,9 +160,4 @@ def _refuse_unencrypted(settings: Settings) -> Doc:
 
 
 async def _reply(tx: Tx, msg: Incoming, purpose: str, doc: Doc, sensitive: bool) -> None:
-    body, html = doc.render()
-    await tx.enqueue(
-        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, sensitive=sensitive),
-        txn_id=txn_id_for(msg.event_id, purpose),
-        purpose=purpose,
-    )
+    await reply(tx, msg, purpose, doc, sensitive=sensitive)

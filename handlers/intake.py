@@ -9,32 +9,29 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
 
 from bot.store import Tx
+from handlers.notify import LONDON, format_time
+from handlers.pattern import Pattern, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.referral_form import FieldProblem, parse_referral
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import add_working_days, describe_deadline
-from schemas.referral import ReferralForm, ReferralType
+from schemas.referral import ReferralForm
 
 log = logging.getLogger(__name__)
-LONDON = ZoneInfo("Europe/London")
 
 
-def type_label(value: str) -> str:
-    """The classification as every message shows it: in capitals, exactly as recorded."""
-    return ReferralType(value).label
-
-
-def format_time(dt: datetime) -> str:
-    return dt.astimezone(LONDON).strftime("%A %d %B %Y, %H:%M")
-
-
-async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
+async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: bool = False) -> None:
+    """Record a referral sent in chat, or (`phone=True`) one an advice worker logs for a caller."""
     received = datetime.fromtimestamp(msg.origin_ts / 1000, UTC)
-    parsed = parse_referral(msg.body, today=received.astimezone(LONDON).date())
+    body = msg.body
+    if phone:
+        # `!phone-referral` takes the same form as `!refer`.
+        first, _, rest = body.lstrip().partition("\n")
+        body = "!refer " + first.strip()[len("!phone-referral") :] + "\n" + rest
+    parsed = parse_referral(body, today=received.astimezone(LONDON).date())
     if parsed.form is None:
         await _reply_problems(tx, msg, parsed.problems)
         log.info("referral form rejected: event=%s problems=%d", msg.event_id, len(parsed.problems))
@@ -48,6 +45,9 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
         due = received + timedelta(minutes=settings.immediate_danger_minutes)
     else:
         due = add_working_days(received, settings.decision_working_days)
+    followup_due = (
+        received + timedelta(hours=settings.deadlines.written_followup_hours) if phone else None
+    )
 
     referral_id = await tx.insert_referral(
         ref=ref,
@@ -61,6 +61,11 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
         immediate_danger=form.immediate_danger,
         decision_due=due,
         form=form.model_dump(mode="json"),
+        rag="red" if form.immediate_danger else None,
+        channel="phone" if phone else "matrix",
+        written_followup_due=followup_due,
+        child_key=settings.keyring.child_key(form.child.full_name, form.child.date_of_birth),
+        agency=form.referrer.agency,
     )
     await tx.append_record(
         referral_id,
@@ -69,20 +74,41 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings) -> None:
         {
             "event_id": msg.event_id,
             "room_id": msg.room_id,
+            "channel": "phone" if phone else "matrix",
             "declared_type": form.referral_type.value,
             "declared_by": msg.sender,
             "decision_due": due.isoformat(),
+            "rag": "red" if form.immediate_danger else None,
         },
     )
+    referral = await tx.referral_by_event(msg.event_id)
+    assert referral is not None
+    pattern = find_pattern(await tx.referrals_of_child(referral), received, settings.pattern)
+    if pattern is not None and pattern.triggered:
+        await tx.append_record(
+            referral_id,
+            settings.bot_user_id,
+            "pattern_shown",
+            {"headline": pattern.headline(), "cumulative": pattern.cumulative()},
+        )
 
-    body, html = _acknowledgement(ref, form, received, due, settings).render()
+    ack = _acknowledgement(ref, form, received, due, settings)
+    if phone:
+        assert followup_due is not None
+        ack.para(
+            f"Telephone referral: obtain the caller's written follow-up by "
+            f"{format_time(followup_due)} and record it with !written {ref}. It will be "
+            "flagged if it has not arrived by then.",
+            strong=True,
+        )
+    body, html = ack.render()
     await tx.enqueue(
         OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id),
         txn_id=txn_id_for(msg.event_id, "ack"),
         purpose="ack",
         referral_id=referral_id,
     )
-    body, html = _team_summary(ref, form, received, due).render()
+    body, html = _team_summary(ref, form, received, due, pattern, phone).render()
     await tx.enqueue(
         OutgoingMessage(settings.advice_team_room, body, html),
         txn_id=txn_id_for(msg.event_id, "team_summary"),
@@ -133,11 +159,22 @@ def _acknowledgement(
     return doc
 
 
-def _team_summary(ref: str, form: ReferralForm, received: datetime, due: datetime) -> Doc:
+def _team_summary(
+    ref: str,
+    form: ReferralForm,
+    received: datetime,
+    due: datetime,
+    pattern: Pattern | None,
+    phone: bool,
+) -> Doc:
     doc = Doc()
     if form.immediate_danger:
         doc.para(f"IMMEDIATE DANGER: {ref} needs action now.", strong=True)
-    doc.heading(f"New {form.referral_type.label}: {ref}")
+    if pattern is not None and pattern.triggered:
+        doc.para(f"PATTERN: {pattern.headline()}", strong=True)
+        doc.para(pattern.cumulative())
+    via = " (by telephone)" if phone else ""
+    doc.heading(f"New {form.referral_type.label}{via}: {ref}")
     doc.fields(
         ("Type", form.referral_type.label),
         ("Concerns", ", ".join(c.value for c in form.concerns)),
@@ -146,6 +183,7 @@ def _team_summary(ref: str, form: ReferralForm, received: datetime, due: datetim
         ("Received", format_time(received)),
         ("Decision due", describe_deadline(due)),
     )
+    doc.para(f"!claim {ref} to take it; !show {ref} for the details.")
     return doc
 
 

@@ -25,6 +25,8 @@ class Incoming:
     # True when the room is unencrypted: the body was never stored, only that it looked
     # like a command.
     withheld: bool = False
+    # True when only the bot and the sender are in the room (a direct message).
+    private: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,12 +40,16 @@ class OutgoingMessage:
     thread_root: str | None = None
     # Sensitive messages carry referral details and are only ever sent to encrypted rooms.
     sensitive: bool = True
+    # Users to notify (Matrix intentional mentions); nobody else is ever pinged.
+    mentions: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
+        data = dict(data)
+        data["mentions"] = tuple(data.get("mentions", ()))
         return cls(**data)
 
 

@@ -1,10 +1,21 @@
-"""The few configuration values the use cases need, as plain data."""
+"""What the use cases need from the configuration, as plain data.
+
+Roles are looked up here on every command: replacing the Settings object (a reload)
+changes who may do what from the next command on.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from schemas.config import Config
+from bot.keyring import Keyring
+from schemas.config import (
+    AgencyConfig,
+    Config,
+    DeadlinesConfig,
+    DisagreementConfig,
+    PatternConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -14,13 +25,34 @@ class Settings:
     decision_working_days: int = 1
     immediate_danger_minutes: int = 60
     max_message_bytes: int = 40_000
+    team: frozenset[str] = frozenset()
+    managers: frozenset[str] = frozenset()
+    agencies: dict[str, AgencyConfig] = field(default_factory=dict)
+    deadlines: DeadlinesConfig = field(default_factory=DeadlinesConfig)
+    pattern: PatternConfig = field(default_factory=PatternConfig)
+    disagreement: DisagreementConfig = field(default_factory=DisagreementConfig)
+    keyring: Keyring = field(default_factory=lambda: Keyring("unit-test-database-key"))
 
     @classmethod
-    def from_config(cls, config: Config, advice_team_room: str) -> Settings:
+    def from_config(cls, config: Config, advice_team_room: str, keyring: Keyring) -> Settings:
         return cls(
             bot_user_id=config.bot.user_id,
             advice_team_room=advice_team_room,
             decision_working_days=config.intake.decision_working_days,
             immediate_danger_minutes=config.intake.immediate_danger_minutes,
             max_message_bytes=config.intake.max_message_bytes,
+            team=frozenset(config.team.advice_team),
+            managers=frozenset(config.team.managers),
+            agencies=dict(config.agencies),
+            deadlines=config.deadlines,
+            pattern=config.pattern,
+            disagreement=config.disagreement,
+            keyring=keyring,
         )
+
+    def is_manager(self, user_id: str) -> bool:
+        return user_id in self.managers
+
+    def is_team(self, user_id: str) -> bool:
+        """Advice-team members and managers may see and act on referrals."""
+        return user_id in self.team or user_id in self.managers

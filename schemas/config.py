@@ -118,6 +118,68 @@ class IntakeConfig(_Strict):
     max_message_bytes: Annotated[int, Field(ge=1024, le=60_000)] = 40_000
 
 
+def _check_user_ids(ids: list[str]) -> list[str]:
+    for uid in ids:
+        if not USER_ID_RE.match(uid):
+            raise ValueError(f"{uid!r} is not a full Matrix user ID like @name:example.org")
+    return ids
+
+
+class TeamConfig(_Strict):
+    """Who may act on referrals. Checked on every command, never cached."""
+
+    advice_team: list[str] = Field(default_factory=list, description="advice-team workers")
+    managers: list[str] = Field(default_factory=list, description="team managers")
+
+    _ids = field_validator("advice_team", "managers")(_check_user_ids)
+
+
+class AgencyConfig(_Strict):
+    name: str = Field(min_length=1, description="display name, e.g. 'Community health'")
+    members: list[str] = Field(default_factory=list)
+    safeguarding_lead: str | None = None
+
+    _ids = field_validator("members")(_check_user_ids)
+
+    @field_validator("safeguarding_lead")
+    @classmethod
+    def _lead(cls, v: str | None) -> str | None:
+        if v is not None:
+            _check_user_ids([v])
+        return v
+
+
+class DeadlinesConfig(_Strict):
+    """RAG deadlines, counted from receipt in working time (England and Wales)."""
+
+    red_working_hours: Annotated[int, Field(ge=1, le=40)] = 4
+    amber_working_days: Annotated[int, Field(ge=1, le=10)] = 1
+    green_child_protection_working_days: Annotated[int, Field(ge=1, le=10)] = 1
+    green_contact_working_days: Annotated[int, Field(ge=1, le=10)] = 3
+    warn_before_minutes: Annotated[int, Field(ge=0, le=1440)] = 120
+    reminder_interval_minutes: Annotated[int, Field(ge=1, le=1440)] = 60
+    check_interval_seconds: Annotated[int, Field(ge=1, le=3600)] = 60
+    written_followup_hours: Annotated[int, Field(ge=1, le=240)] = 48
+
+
+class PatternConfig(_Strict):
+    """When repeated contacts about one child are shown as a pattern."""
+
+    contacts: Annotated[int, Field(ge=2, le=50)] = 3
+    window_months: Annotated[int, Field(ge=1, le=120)] = 12
+    agencies: Annotated[int, Field(ge=2, le=20)] = 2
+
+
+class DisagreementConfig(_Strict):
+    """How a referrer challenges a decision (resolution of professional disagreements)."""
+
+    text: str = (
+        "If you disagree, you can challenge this through the local resolution of professional "
+        "disagreements (escalation) procedure: first speak to the advice team manager."
+    )
+    contact: str = "the advice team manager"
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -129,7 +191,20 @@ class Config(_Strict):
     access: AccessConfig
     rooms: RoomsConfig
     intake: IntakeConfig = IntakeConfig()
+    team: TeamConfig = TeamConfig()
+    agencies: dict[str, AgencyConfig] = Field(default_factory=dict)
+    deadlines: DeadlinesConfig = DeadlinesConfig()
+    pattern: PatternConfig = PatternConfig()
+    disagreement: DisagreementConfig = DisagreementConfig()
     logging: LoggingConfig = LoggingConfig()
+
+    @field_validator("agencies")
+    @classmethod
+    def _agency_keys(cls, v: dict[str, AgencyConfig]) -> dict[str, AgencyConfig]:
+        for key in v:
+            if not re.match(r"^[a-z][a-z0-9_-]{0,30}$", key):
+                raise ValueError(f"agency key {key!r}: use lower-case letters, digits, - or _")
+        return v
 
     def is_allowed_user(self, user_id: str) -> bool:
         """Whether a user may use the bot, decided from the user ID's server part alone.

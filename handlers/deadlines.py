@@ -1,0 +1,126 @@
+"""Decision deadlines from the RAG rating, and the reminders that chase them.
+
+Timers are not kept in memory: every check reads the open referrals from the database,
+so a restart loses no deadline.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from bot.store import Referral, Tx
+from handlers.notify import LABEL, format_time, team_message
+from handlers.ports import txn_id_for
+from handlers.render import Doc
+from handlers.settings import Settings
+from handlers.working_days import add_working_days, add_working_hours, describe_deadline
+from schemas.config import DeadlinesConfig
+
+RAG_RATINGS = ("red", "amber", "green")
+
+
+def deadline_for(
+    rag: str, referral_type: str, received: datetime, cfg: DeadlinesConfig
+) -> datetime:
+    if rag == "red":
+        return add_working_hours(received, cfg.red_working_hours)
+    if rag == "amber":
+        return add_working_days(received, cfg.amber_working_days)
+    days = (
+        cfg.green_child_protection_working_days
+        if referral_type == "child protection referral"
+        else cfg.green_contact_working_days
+    )
+    return add_working_days(received, days)
+
+
+def time_left(due: datetime, now: datetime) -> str:
+    seconds = int((due - now).total_seconds())
+    text = _duration(abs(seconds))
+    return f"{text} left" if seconds >= 0 else f"OVERDUE by {text}"
+
+
+def _duration(seconds: int) -> str:
+    days, rest = divmod(seconds, 86_400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days}d {hours}h"
+    if hours:
+        return f"{hours}h {minutes}m"
+    return f"{minutes}m"
+
+
+def age_of(referral: Referral, now: datetime) -> str:
+    return _duration(max(0, int((now - referral.received_at).total_seconds())))
+
+
+async def check_deadlines(tx: Tx, settings: Settings) -> int:
+    """Announce open referrals near or past their deadline, and overdue written follow-ups.
+
+    Returns how many announcements were queued.
+    """
+    now = tx.now
+    cfg = settings.deadlines
+    warn = timedelta(minutes=cfg.warn_before_minutes)
+    interval = timedelta(minutes=cfg.reminder_interval_minutes)
+    queued = 0
+    for r in await tx.open_referrals():
+        if now < r.decision_due - warn:
+            continue
+        if r.last_reminder_at is not None and now - r.last_reminder_at < interval:
+            continue
+        overdue = now >= r.decision_due
+        who = f"claimed by {r.claimed_by}" if r.claimed_by else "NOT CLAIMED"
+        doc = Doc()
+        if overdue:
+            doc.para(f"OVERDUE: {r.ref} has no decision and its deadline has passed.", strong=True)
+        else:
+            doc.para(f"Deadline near: {r.ref} needs a decision soon.", strong=True)
+        doc.fields(
+            ("Type", LABEL[r.current_type]),
+            ("Status", who),
+            ("Decision due", describe_deadline(r.decision_due)),
+            ("Time", time_left(r.decision_due, now)),
+        )
+        mentions: tuple[str, ...] = ()
+        if overdue and settings.managers:
+            mentions = tuple(sorted(settings.managers))
+            doc.para("Managers: " + ", ".join(mentions))
+        await team_message(
+            tx,
+            settings,
+            doc,
+            txn_id=txn_id_for(f"{r.ref}#reminder{r.reminder_count + 1}", "reminder"),
+            purpose="reminder",
+            referral_id=r.id,
+            mentions=mentions,
+        )
+        await tx.append_record(
+            r.id,
+            settings.bot_user_id,
+            "deadline_reminder",
+            {"overdue": overdue, "claimed_by": r.claimed_by, "due": r.decision_due.isoformat()},
+        )
+        await tx.mark_reminded(r.id)
+        queued += 1
+    for r in await tx.followups_overdue():
+        doc = Doc().para(
+            f"Written follow-up missing: {r.ref} was a telephone referral and its written "
+            f"follow-up was due {format_time(r.written_followup_due or now)}. Chase the caller "
+            f"and record it with !written {r.ref}.",
+            strong=True,
+        )
+        await team_message(
+            tx,
+            settings,
+            doc,
+            txn_id=txn_id_for(f"{r.ref}#followup", "followup_overdue"),
+            purpose="followup_overdue",
+            referral_id=r.id,
+            mentions=(r.claimed_by or r.declared_by,),
+        )
+        await tx.append_record(r.id, settings.bot_user_id, "written_followup_overdue", {})
+        await tx.flag_followup(r.id)
+        queued += 1
+    return queued
