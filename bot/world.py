@@ -43,6 +43,10 @@ allowed_homeservers = ["{server_name}"]
 [rooms]
 advice_team = "{team_room}"
 
+[team]
+advice_team = ["{worker}"]
+managers = ["{manager}"]
+
 [logging]
 level = "{log_level}"
 """
@@ -66,6 +70,7 @@ class World:
     team_room: str
     worker: ChatUser
     users: list[ChatUser] = field(default_factory=list)
+    manager: ChatUser | None = None
 
     @property
     def config(self) -> Config:
@@ -98,16 +103,22 @@ async def make_world(
     _secret_file(base / "secrets" / "database-key", secrets.token_urlsafe(32))
 
     worker = await start_user(hs, base, worker_name)
+    manager = await start_user(hs, base, f"{worker_name}-manager")
     team_room = await worker.create_room(
-        invite=[bot_user], encrypted=True, direct=False, name="Advice team"
+        invite=[bot_user, manager.user_id], encrypted=True, direct=False, name="Advice team"
     )
-    world = World(hs, base, base / "config.toml", bot_user, team_room, worker, [worker])
+    await manager.join(team_room)
+    world = World(
+        hs, base, base / "config.toml", bot_user, team_room, worker, [worker, manager], manager
+    )
     world.config_path.write_text(
         CONFIG_TEMPLATE.format(
             url=hs.url,
             bot_user=bot_user,
             server_name=hs.server_name,
             team_room=world.team_room,
+            worker=worker.user_id,
+            manager=manager.user_id,
             log_level=log_level,
         ),
         encoding="utf-8",
