@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nio import Event, MegolmEvent, RoomMessageText
+from nio import Event, MegolmEvent, RoomMemberEvent, RoomMessageText
 
 from bot.store import InboxItem
 
@@ -57,6 +57,17 @@ def to_inbox_item(
             room_encrypted=True,
             state="undecrypted",
             payload=event.source,
+        )
+    if isinstance(event, RoomMemberEvent):
+        # Attendance at strategy meetings follows joins, declines and leaves.
+        return InboxItem(
+            event_id=event.event_id,
+            room_id=room_id,
+            sender=event.sender,
+            origin_ts=event.server_timestamp,
+            room_encrypted=room_encrypted,
+            state="pending",
+            payload={"membership": event.membership, "target": event.state_key},
         )
     if not isinstance(event, RoomMessageText):
         # Notices (other bots), emotes, media and state are not commands.

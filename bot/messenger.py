@@ -13,9 +13,27 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from nio import AsyncClient, MatrixRoom, RoomSendError, RoomSendResponse
+from nio import (
+    AsyncClient,
+    MatrixRoom,
+    RoomCreateResponse,
+    RoomGetStateEventResponse,
+    RoomInviteResponse,
+    RoomPreset,
+    RoomPutStateResponse,
+    RoomSendError,
+    RoomSendResponse,
+    RoomVisibility,
+)
 
-from handlers.ports import OutgoingMessage, SendRefused
+from handlers.ports import OutgoingMessage, RoomSpec, SendRefused
+
+ENCRYPTION = {
+    "type": "m.room.encryption",
+    "state_key": "",
+    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+}
+MODERATOR = 50
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +97,60 @@ class MatrixMessenger:
             return str(resp.event_id)
         assert isinstance(resp, RoomSendError)
         raise SendFailed(f"{resp.status_code}: {resp.message}")
+
+    async def create_room(self, spec: RoomSpec) -> str:
+        """An encrypted, invite-only room, history for joined members only, no guests,
+        not in the directory. The bot keeps admin power; the chair is a moderator."""
+        bot = self._client.user_id
+        users: dict[str, int] = {bot: 100}
+        if spec.moderator and spec.moderator != bot:
+            users[spec.moderator] = MODERATOR
+        resp = await self._client.room_create(
+            visibility=RoomVisibility.private,
+            name=spec.name,
+            topic=spec.topic,
+            preset=RoomPreset.private_chat,
+            invite=[u for u in spec.invite if self._is_allowed(u)],
+            initial_state=[
+                ENCRYPTION,
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "joined"},
+                },
+                {
+                    "type": "m.room.guest_access",
+                    "state_key": "",
+                    "content": {"guest_access": "forbidden"},
+                },
+                {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+            ],
+            power_level_override={"users": users},
+        )
+        if not isinstance(resp, RoomCreateResponse):
+            raise SendFailed(f"room creation failed: {getattr(resp, 'status_code', resp)}")
+        return str(resp.room_id)
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        if not self._is_allowed(user_id):
+            raise SendRefused("user is not on an allowed homeserver")
+        resp = await self._client.room_invite(room_id, user_id)
+        if not isinstance(resp, RoomInviteResponse):
+            status = getattr(resp, "status_code", "")
+            if status != "M_FORBIDDEN":  # already in the room: nothing to do
+                raise SendFailed(f"invite failed: {status}")
+
+    async def set_moderator(self, room_id: str, user_id: str) -> None:
+        current = await self._client.room_get_state_event(room_id, "m.room.power_levels")
+        if not isinstance(current, RoomGetStateEventResponse):
+            raise SendFailed("cannot read power levels")
+        content = dict(current.content)
+        users = dict(content.get("users", {}))
+        users[user_id] = max(int(users.get(user_id, 0)), MODERATOR)
+        content["users"] = users
+        resp = await self._client.room_put_state(room_id, "m.room.power_levels", content)
+        if not isinstance(resp, RoomPutStateResponse):
+            raise SendFailed("cannot set power levels")
 
     async def _apply_trust(self, room: MatrixRoom) -> None:
         client = self._client

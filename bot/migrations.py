@@ -120,6 +120,70 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        3,
+        """
+        -- Strategy meetings: an encrypted room per meeting, who was asked and who came,
+        -- and what was said, decided and agreed.
+        CREATE TABLE meetings (
+            id          INTEGER PRIMARY KEY,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            event_id    TEXT    NOT NULL UNIQUE,
+            room_id     TEXT    UNIQUE,
+            chair       TEXT    NOT NULL,
+            called_by   TEXT    NOT NULL,
+            scheduled   TEXT,
+            state       TEXT    NOT NULL CHECK (state IN ('creating', 'open', 'closed')),
+            created_at  TEXT    NOT NULL,
+            closed_at   TEXT,
+            close_note  TEXT
+        );
+        CREATE INDEX meetings_by_referral ON meetings (referral_id);
+
+        CREATE TABLE meeting_participants (
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id),
+            user_id    TEXT    NOT NULL,
+            agency     TEXT,
+            role       TEXT    NOT NULL,
+            status     TEXT    NOT NULL
+                CHECK (status IN ('to_invite', 'invited', 'joined', 'declined', 'left')),
+            PRIMARY KEY (meeting_id, user_id)
+        );
+
+        CREATE TABLE meeting_items (
+            id          INTEGER PRIMARY KEY,
+            meeting_id  INTEGER NOT NULL REFERENCES meetings (id),
+            number      INTEGER,
+            kind        TEXT    NOT NULL CHECK (kind IN ('info', 'view_child', 'view_parents',
+                                 'action', 'recommendation', 'decision')),
+            author      TEXT    NOT NULL,
+            agency      TEXT,
+            at          TEXT    NOT NULL,
+            text        TEXT    NOT NULL,
+            owner       TEXT,
+            due         TEXT,
+            done_at     TEXT,
+            done_by     TEXT,
+            reminded_at TEXT,
+            overdue_told_at TEXT
+        );
+        CREATE INDEX meeting_items_by_meeting ON meeting_items (meeting_id, kind);
+
+        -- Work on the homeserver other than sending messages (creating rooms, inviting),
+        -- stored in the transaction that asked for it and done by the shell.
+        CREATE TABLE room_jobs (
+            id         INTEGER PRIMARY KEY,
+            kind       TEXT    NOT NULL CHECK (kind IN ('create_meeting', 'invite', 'power')),
+            meeting_id INTEGER NOT NULL REFERENCES meetings (id),
+            user_id    TEXT,
+            created_at TEXT    NOT NULL,
+            done_at    TEXT,
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            last_error TEXT
+        );
+        CREATE INDEX room_jobs_pending ON room_jobs (done_at, id);
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -17,8 +17,9 @@ import logging
 import traceback
 
 from bot.room_workers import RoomWorkers
-from bot.store import OutboxRow, Store
+from bot.store import OutboxRow, RoomJob, Store
 from handlers.commands import handle_message
+from handlers.meetings import room_created, room_spec
 from handlers.ports import Incoming, Messenger, OutgoingMessage, SendRefused, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
@@ -26,6 +27,7 @@ from handlers.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+JOBS = "room-jobs"
 
 
 class Pipeline:
@@ -35,6 +37,8 @@ class Pipeline:
         self.messenger = messenger
         self.inbox_workers = RoomWorkers("inbox", self._handle_room)
         self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
+        # Room creation and invites: one queue, in order.
+        self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
         self.handled = 0
         self.sent = 0
 
@@ -43,20 +47,25 @@ class Pipeline:
         async with self.store.transaction() as tx:
             pending = await tx.rooms_with_pending()
             unsent = await tx.rooms_with_unsent()
+            jobs = await tx.pending_room_jobs()
         self.inbox_workers.kick_all(pending)
         self.outbox_workers.kick_all(unsent)
+        if jobs:
+            self.job_workers.kick(JOBS)
 
     def kick_rooms(self, rooms: set[str]) -> None:
         self.inbox_workers.kick_all(rooms)
 
     async def wait_idle(self) -> None:
         """Until every kicked room is handled and every queued message sent (tests, shutdown)."""
-        while self.inbox_workers.busy or self.outbox_workers.busy:
+        while self.inbox_workers.busy or self.outbox_workers.busy or self.job_workers.busy:
             await self.inbox_workers.wait_idle()
+            await self.job_workers.wait_idle()
             await self.outbox_workers.wait_idle()
 
     async def stop(self) -> None:
         await self.inbox_workers.cancel()
+        await self.job_workers.cancel()
         await self.outbox_workers.cancel()
 
     # -- inbox -------------------------------------------------------------------------
@@ -72,6 +81,8 @@ class Pipeline:
                     await handle_message(tx, msg, self.settings)
                     await tx.mark_handled(msg.seq)
                     rooms = tx.touched_rooms
+                    if tx.room_jobs_added:
+                        self.job_workers.kick(JOBS)
             except Exception as exc:
                 if msg is None:
                     raise
@@ -105,6 +116,58 @@ class Pipeline:
             )
             await tx.mark_handled(msg.seq)
             return tx.touched_rooms
+
+    # -- room jobs (create meeting rooms, invite, set power) ----------------------------
+
+    async def _run_room_jobs(self, _key: str) -> None:
+        async with self.store.transaction() as tx:
+            jobs = await tx.pending_room_jobs()
+        for job in jobs:
+            delay = 0.5
+            while not await self._room_job(job):
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_S)
+
+    async def _room_job(self, job: RoomJob) -> bool:
+        """Do one job; True when done (or pointless), False to retry."""
+        async with self.store.transaction() as tx:
+            meeting = await tx.meeting(job.meeting_id)
+            referral = await tx.referral_by_id(meeting.referral_id) if meeting else None
+            participants = await tx.participants(job.meeting_id)
+        try:
+            if meeting is None or referral is None:
+                room_id = None
+            elif job.kind == "create_meeting":
+                room_id = meeting.room_id or await self.messenger.create_room(
+                    room_spec(meeting, referral, participants)
+                )
+            elif meeting.room_id is None:
+                return False  # the room is not made yet: its job comes first
+            elif job.kind == "invite" and job.user_id:
+                await self.messenger.invite(meeting.room_id, job.user_id)
+                room_id = meeting.room_id
+            elif job.kind == "power" and job.user_id:
+                await self.messenger.set_moderator(meeting.room_id, job.user_id)
+                room_id = meeting.room_id
+            else:
+                room_id = None
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "room job failed: job=%d kind=%s error=%s", job.id, job.kind, type(exc).__name__
+            )
+            async with self.store.transaction() as tx:
+                await tx.room_job_failed(job.id, type(exc).__name__)
+            return False
+        async with self.store.transaction() as tx:
+            if job.kind == "create_meeting" and room_id and meeting and meeting.room_id is None:
+                await room_created(tx, job.meeting_id, room_id, self.settings)
+            await tx.room_job_done(job.id)
+            rooms = tx.touched_rooms
+        self.outbox_workers.kick_all(rooms)
+        log.info("room job done: job=%d kind=%s room=%s", job.id, job.kind, room_id)
+        return True
 
     # -- outbox ------------------------------------------------------------------------
 

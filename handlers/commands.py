@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.store import Tx
-from handlers import views, workflow
+from handlers import meetings, views, workflow
 from handlers.intake import take_referral
 from handlers.notify import reply
 from handlers.ports import Incoming
@@ -38,6 +38,7 @@ TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!written REF-… note", "the written follow-up of a telephone referral arrived"),
     ("!link REF-… REF-…", "count two records as the same child (!unlink to undo)"),
     ("!chronology REF-…", "the referral and its chronology for the case record"),
+    ("!strategy REF-… [when]", "set up an encrypted strategy meeting room; you chair it"),
 )
 
 # Commands for the advice team: (handler, managers only).
@@ -57,6 +58,7 @@ TEAM_COMMANDS: dict[str, tuple[Handler, bool]] = {
     "!link": (workflow.link, False),
     "!unlink": (workflow.unlink, False),
     "!chronology": (views.chronology, False),
+    "!strategy": (meetings.strategy, False),
 }
 
 
@@ -70,6 +72,11 @@ def command_word(body: str) -> str | None:
 
 async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
     """Act on one message. Runs inside the transaction that marks it handled."""
+    if msg.membership is not None:
+        meeting = await tx.meeting_by_room(msg.room_id)
+        if meeting is not None:
+            await meetings.on_membership(tx, msg, settings, meeting)
+        return
     if msg.withheld:
         await _reply(tx, msg, "unencrypted", _refuse_unencrypted(settings), sensitive=False)
         return
@@ -89,6 +96,14 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
         return
     first_line = msg.body.lstrip().split("\n", 1)[0].strip()
     args = first_line[len(word) :].strip()
+    meeting = await tx.meeting_by_room(msg.room_id)
+    if meeting is not None:
+        if word == "!help":
+            doc = Doc().heading("Strategy meeting commands").fields(*meetings.MEETING_HELP)
+            await _reply(tx, msg, "help", doc, sensitive=False)
+            return
+        if await meetings.meeting_command(tx, msg, settings, meeting, word, args):
+            return
     if word == "!help":
         doc = Doc().heading("referral-bot commands").fields(*HELP)
         if settings.is_team(msg.sender):

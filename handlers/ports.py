@@ -27,6 +27,9 @@ class Incoming:
     withheld: bool = False
     # True when only the bot and the sender are in the room (a direct message).
     private: bool = False
+    # For membership changes (join, leave, invite): what happened, and to whom.
+    membership: str | None = None
+    target: str | None = None
 
 
 @dataclass(frozen=True)
@@ -62,12 +65,30 @@ def txn_id_for(answered_event_id: str, purpose: str) -> str:
     return f"rb{digest[:40]}"
 
 
+@dataclass(frozen=True)
+class RoomSpec:
+    """A new end-to-end encrypted, invite-only room. Name and topic carry no personal data."""
+
+    name: str
+    topic: str
+    invite: tuple[str, ...]
+    moderator: str | None = None
+
+
 class Messenger(Protocol):
-    """What the outbox needs from a chat network."""
+    """What the pipeline needs from a chat network."""
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
         """Send and return the new event's ID. Raise `SendRefused` or any error to retry."""
         ...
+
+    async def create_room(self, spec: RoomSpec) -> str:
+        """Create the room, invite people, return its ID."""
+        ...
+
+    async def invite(self, room_id: str, user_id: str) -> None: ...
+
+    async def set_moderator(self, room_id: str, user_id: str) -> None: ...
 
 
 class SendRefused(Exception):

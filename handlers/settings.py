@@ -14,6 +14,7 @@ from schemas.config import (
     Config,
     DeadlinesConfig,
     DisagreementConfig,
+    MeetingsConfig,
     PatternConfig,
 )
 
@@ -31,6 +32,10 @@ class Settings:
     deadlines: DeadlinesConfig = field(default_factory=DeadlinesConfig)
     pattern: PatternConfig = field(default_factory=PatternConfig)
     disagreement: DisagreementConfig = field(default_factory=DisagreementConfig)
+    meetings: MeetingsConfig = field(
+        default_factory=lambda: MeetingsConfig(required_agencies=[], must_account_for=[])
+    )
+    allowed_homeservers: frozenset[str] = frozenset({"example.org"})
     keyring: Keyring = field(default_factory=lambda: Keyring("unit-test-database-key"))
 
     @classmethod
@@ -47,8 +52,20 @@ class Settings:
             deadlines=config.deadlines,
             pattern=config.pattern,
             disagreement=config.disagreement,
+            meetings=config.meetings,
+            allowed_homeservers=frozenset(config.access.allowed_homeservers),
             keyring=keyring,
         )
+
+    def is_allowed(self, user_id: str) -> bool:
+        """Users of allowed homeservers only, decided from the user ID."""
+        return user_id.startswith("@") and user_id.split(":", 1)[-1] in self.allowed_homeservers
+
+    def agency_of(self, user_id: str) -> str | None:
+        for key, agency in self.agencies.items():
+            if user_id in agency.members or user_id == agency.safeguarding_lead:
+                return key
+        return None
 
     def is_manager(self, user_id: str) -> bool:
         return user_id in self.managers

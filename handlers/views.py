@@ -142,6 +142,9 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
                 for g in others
             )
         )
+    from handlers.meetings import meetings_section  # meetings build on these views
+
+    meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:

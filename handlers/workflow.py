@@ -214,6 +214,26 @@ async def decide(c: Call) -> None:
     if key == "nfa":
         dis = c.settings.disagreement
         doc.para(dis.text).fields(("Contact", dis.contact))
+    if key == "strategy":
+        from handlers.meetings import start_meeting  # the meeting module builds on this one
+
+        _, problems = await start_meeting(
+            c.tx,
+            r,
+            called_by=c.msg.sender,
+            event_id=c.msg.event_id,
+            scheduled=None,
+            settings=c.settings,
+        )
+        doc.para("A strategy meeting is being set up; you are invited to its encrypted room.")
+        if problems:
+            await c.say(
+                Doc()
+                .para("Strategy meeting: not invited — act on these:", strong=True)
+                .bullets(*problems),
+                "meeting_problems",
+                referral_id=r.id,
+            )
     await tell_referrer(c.tx, r, c.msg.event_id, "decided", doc)
 
 

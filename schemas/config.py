@@ -180,6 +180,20 @@ class DisagreementConfig(_Strict):
     contact: str = "the advice team manager"
 
 
+class MeetingsConfig(_Strict):
+    """Strategy meetings."""
+
+    required_agencies: list[str] = Field(
+        default_factory=lambda: ["police", "health", "education"],
+        description="agency keys whose safeguarding lead is always invited",
+    )
+    must_account_for: list[str] = Field(
+        default_factory=lambda: ["health", "education"],
+        description="agencies that must attend or provide information before closing",
+    )
+    action_reminder_days: Annotated[int, Field(ge=0, le=30)] = 1
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -196,6 +210,7 @@ class Config(_Strict):
     deadlines: DeadlinesConfig = DeadlinesConfig()
     pattern: PatternConfig = PatternConfig()
     disagreement: DisagreementConfig = DisagreementConfig()
+    meetings: MeetingsConfig = MeetingsConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("agencies")

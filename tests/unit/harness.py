@@ -81,6 +81,26 @@ class Harness:
         await self.pipeline.wait_idle()
         return event_id
 
+    async def member(self, room: str, user: str, membership: str) -> None:
+        """Someone joins, declines (leave) or is invited, as the homeserver would report it."""
+        ts = int(self.now.timestamp() * 1000)
+        async with self.store.transaction() as tx:
+            rooms = await tx.add_inbox(
+                [
+                    InboxItem(
+                        f"$m{next(_ids)}",
+                        room,
+                        user,
+                        ts,
+                        True,
+                        "pending",
+                        {"membership": membership, "target": user},
+                    )
+                ]
+            )
+        self.pipeline.kick_rooms(rooms)
+        await self.pipeline.wait_idle()
+
     async def tick(self, advance: timedelta = timedelta(0)) -> int:
         self.now += advance
         queued = await tick(self.pipeline)

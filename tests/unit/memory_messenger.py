@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from handlers.ports import OutgoingMessage, SendRefused
+from handlers.ports import OutgoingMessage, RoomSpec, SendRefused
 
 
 @dataclass
@@ -25,6 +25,22 @@ class MemoryMessenger:
         self.seen_txn_ids.add(txn_id)
         self.sent.append((txn_id, message))
         return f"$sent{len(self.sent)}"
+
+    created: list[tuple[str, RoomSpec]] = field(default_factory=list)
+    invited: list[tuple[str, str]] = field(default_factory=list)
+    moderators: list[tuple[str, str]] = field(default_factory=list)
+
+    async def create_room(self, spec: RoomSpec) -> str:
+        room_id = f"!meeting{len(self.created) + 1}:example.org"
+        self.created.append((room_id, spec))
+        self.encrypted_rooms.add(room_id)
+        return room_id
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        self.invited.append((room_id, user_id))
+
+    async def set_moderator(self, room_id: str, user_id: str) -> None:
+        self.moderators.append((room_id, user_id))
 
     def to(self, room_id: str) -> list[OutgoingMessage]:
         return [m for _, m in self.sent if m.room_id == room_id]
