@@ -99,10 +99,16 @@ class MatrixMessenger:
         raise SendFailed(f"{resp.status_code}: {resp.message}")
 
     async def create_room(self, spec: RoomSpec) -> str:
-        """An encrypted, invite-only room, history for joined members only, no guests,
-        not in the directory. The bot keeps admin power; the chair is a moderator."""
+        """An encrypted, invite-only room, no guests, not in the directory. The bot keeps
+        admin power (as creator); the chair is a moderator.
+
+        History is visible to members only, from the point they were invited
+        ("invited"): with "joined" an invitee who joins after the agenda is posted could
+        never read it, and the agenda is posted right after the invites.
+        """
         bot = self._client.user_id
-        users: dict[str, int] = {bot: 100}
+        # Room version 12: the creator (the bot) has unlimited power and must not be listed.
+        users: dict[str, int] = {}
         if spec.moderator and spec.moderator != bot:
             users[spec.moderator] = MODERATOR
         resp = await self._client.room_create(
@@ -116,7 +122,7 @@ class MatrixMessenger:
                 {
                     "type": "m.room.history_visibility",
                     "state_key": "",
-                    "content": {"history_visibility": "joined"},
+                    "content": {"history_visibility": "invited"},
                 },
                 {
                     "type": "m.room.guest_access",
@@ -125,10 +131,13 @@ class MatrixMessenger:
                 },
                 {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
             ],
-            power_level_override={"users": users},
+            power_level_override={"users": users} if users else None,
         )
         if not isinstance(resp, RoomCreateResponse):
-            raise SendFailed(f"room creation failed: {getattr(resp, 'status_code', resp)}")
+            raise SendFailed(
+                f"room creation failed: {getattr(resp, 'status_code', '')} "
+                f"{getattr(resp, 'message', resp)}"
+            )
         return str(resp.room_id)
 
     async def invite(self, room_id: str, user_id: str) -> None:

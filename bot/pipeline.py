@@ -154,11 +154,9 @@ class Pipeline:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.warning(
-                "room job failed: job=%d kind=%s error=%s", job.id, job.kind, type(exc).__name__
-            )
+            log.warning("room job failed: job=%d kind=%s error=%s", job.id, job.kind, exc)
             async with self.store.transaction() as tx:
-                await tx.room_job_failed(job.id, type(exc).__name__)
+                await tx.room_job_failed(job.id, f"{type(exc).__name__}: {exc}")
             return False
         async with self.store.transaction() as tx:
             if job.kind == "create_meeting" and room_id and meeting and meeting.room_id is None:
@@ -196,10 +194,11 @@ class Pipeline:
                 raise
             except Exception as exc:
                 log.warning(
-                    "send failed, will retry: outbox=%d purpose=%s error=%s",
+                    "send failed, will retry: outbox=%d purpose=%s error=%s at %s",
                     row.id,
                     row.purpose,
                     type(exc).__name__,
+                    _where(exc),
                 )
                 async with self.store.transaction() as tx:
                     await tx.mark_failed(row, type(exc).__name__)
