@@ -1,16 +1,21 @@
 """The bot's cross-signing identity, as other users see it on a real Synapse.
 
-The chain is checked here the way a client checks it, with Synapse's own signature library
-(signedjson), not with the bot's code: master key → self-signing key → the bot's device.
+The chain master key → self-signing key → the bot's device is checked with Synapse's own
+signature library (signedjson), not with the bot's code, and, where Node.js is installed,
+by Element's own crypto library (matrix-sdk-crypto as wasm, tests/interop/).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -23,6 +28,23 @@ from bot.cross_signing import KEY_FILE, Outcome
 from bot.world import World
 
 pytestmark = pytest.mark.integration
+
+INTEROP = Path(__file__).resolve().parents[1] / "interop"
+
+
+@pytest.fixture(scope="session")
+def element_crypto() -> Path:
+    """tests/interop/check_devices.mjs, its pinned npm dependency installed."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        pytest.skip("Node.js and npm are needed to check with Element's crypto library")
+    subprocess.run(
+        [npm, "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=INTEROP,
+        check=True,
+        timeout=300,
+    )
+    return INTEROP / "check_devices.mjs"
 
 
 @asynccontextmanager
@@ -148,3 +170,31 @@ async def test_lost_data_dir_gets_a_new_identity_and_stale_copy_does_not_overwri
         assert app.cross_signing is Outcome.UNAVAILABLE
     data = await seen_by_worker(world)
     assert verified_chain(data, world.bot_user, new_device) == new
+
+
+async def test_elements_crypto_library_sees_the_bot_device_as_cross_signed(
+    world: World, element_crypto: Path
+) -> None:
+    """What Element decides: matrix-sdk-crypto fetches the keys and checks the signatures."""
+    worker = world.worker
+    async with running(world) as app:
+        assert app.client is not None
+        bot_device = f"{world.bot_user}:{app.client.device_id}"
+        worker_device = f"{worker.user_id}:{worker.client.device_id}"
+        node = await asyncio.create_subprocess_exec(
+            "node",
+            str(element_crypto),
+            world.hs.url,
+            worker.client.access_token,
+            worker.user_id,
+            bot_device,
+            worker_device,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(node.communicate(), 60)
+    assert node.returncode == 0, err.decode(errors="replace")
+    seen = json.loads(out)
+    assert seen[bot_device] == {"known": True, "cross_signed_by_owner": True}
+    # Control: the worker's nio device has no cross-signing, and the library says so.
+    assert seen[worker_device] == {"known": True, "cross_signed_by_owner": False}
