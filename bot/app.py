@@ -10,6 +10,7 @@ import time
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
+from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
@@ -30,6 +31,7 @@ class BotApp:
         self.client: AsyncClient | None = None
         self.pipeline: Pipeline | None = None
         self.sync: SyncLoop | None = None
+        self.cross_signing: Outcome | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._clock_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
@@ -49,6 +51,12 @@ class BotApp:
             device_name=cfg.bot.device_name,
             data_dir=data_dir,
             store_key=store_key,
+        )
+        self.cross_signing = await ensure_for_client(
+            self.client,
+            data_dir=data_dir,
+            store_key=store_key,
+            password=password_reader(password, cfg.bot.password),
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
         keyring = Keyring(cfg.storage.database_key.read())
