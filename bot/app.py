@@ -34,6 +34,7 @@ class BotApp:
         self.cross_signing: Outcome | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._clock_task: asyncio.Task[None] | None = None
+        self._resume_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
 
     async def start(self) -> None:
@@ -65,10 +66,17 @@ class BotApp:
         self.pipeline = Pipeline(self.store, settings, messenger)
         self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
-        await self.pipeline.resume()
+        self._resume_task = asyncio.create_task(self._resume_after_first_sync(), name="resume")
         self._clock_task = asyncio.create_task(
             run_deadline_clock(self.pipeline), name="deadline-clock"
         )
+
+    async def _resume_after_first_sync(self) -> None:
+        """Pick up what the last run left once the first sync has told nio which rooms the
+        bot is in: sending before that only fails and retries."""
+        assert self.sync is not None and self.pipeline is not None
+        await self.sync.ready.wait()
+        await self.pipeline.resume()
 
     async def _run_sync(self) -> None:
         assert self.sync is not None
@@ -110,10 +118,11 @@ class BotApp:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
-        if self._clock_task is not None:
-            self._clock_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._clock_task
+        for task in (self._clock_task, self._resume_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -257,6 +257,16 @@ class DevSynapse:
             )
         self._proc = None
 
+    async def kill(self) -> None:
+        """SIGKILL Synapse, as a crash would: requests in flight get no answer. Data stays."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            self._signal(proc, signal.SIGKILL)
+            await proc.wait()
+        self._proc = None
+
     def cleanup(self) -> None:
         """Delete the base directory if DevSynapse created it. Call after stop()."""
         if self.is_running:

@@ -79,8 +79,13 @@ async def open_client(
         encryption_enabled=True,
         store_sync_tokens=False,  # we save the token ourselves, after handling the batch
         pickle_key=store_key,
+        # Retried inside matrix-nio, forever: M_LIMIT_EXCEEDED / HTTP 429 after the
+        # homeserver's retry_after_ms (5 s if it gives none), and connection errors and
+        # timeouts with a backoff of 0.1 s doubling up to 10 s, so the bot is back within
+        # 10 s of the homeserver.
         max_limit_exceeded=None,
         max_timeouts=None,
+        max_timeout_retry_wait_time=10,
     )
     client = AsyncClient(homeserver, user_id, store_path=str(store_dir), config=config)
 

@@ -51,8 +51,23 @@ SYNC_FILTER: dict[str, Any] = {
 MAX_BACKFILL_PAGES = 50
 
 
+MIN_BACKOFF_S = 1.0
+MAX_BACKOFF_S = 30.0
+
+
 class BackfillFailed(Exception):
     pass
+
+
+class SyncFailed(Exception):
+    """The homeserver answered the sync with an error."""
+
+
+def _describe(exc: BaseException) -> str:
+    """An error's type and, for the bot's own errors, its text: never a URL or a token."""
+    if isinstance(exc, SyncFailed | BackfillFailed):
+        return f"{type(exc).__name__}: {exc}"
+    return type(exc).__name__
 
 
 class SyncLoop:
@@ -69,47 +84,65 @@ class SyncLoop:
         self.is_allowed = is_allowed_user
         self.ready = asyncio.Event()
         self.syncs = 0
+        self.failures = 0
         self._requested_keys: set[str] = set()
 
     async def run(self) -> None:
+        """Sync until cancelled. No error ends the loop: it backs off and syncs again.
+
+        matrix-nio retries connection errors and timeouts itself (`max_timeouts=None`), but
+        other failures escape `client.sync` as exceptions (a response cut short, a proxy's
+        HTML error page, a malformed event); a `SyncError` is returned. Either way the sync
+        token has not moved, so repeating the sync loses and repeats nothing.
+        """
         async with self.store.transaction() as tx:
             token = await tx.get_kv(TOKEN_KEY)
         first = True
-        delay = 1.0
+        delay = MIN_BACKOFF_S
         while True:
-            # The first sync of a run asks for full state: nio keeps room state (members,
-            # encryption) only in memory.
-            resp = await self.client.sync(
-                timeout=0 if first else SYNC_TIMEOUT_MS,
-                sync_filter=SYNC_FILTER,
-                since=token,
-                full_state=first,
-            )
-            if isinstance(resp, SyncError):
-                log.warning("sync failed: %s; retrying in %.0f s", resp.status_code, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-                continue
-            assert isinstance(resp, SyncResponse)
             try:
-                await self._housekeeping()
-                await self._answer_invites(resp)
-                items = await self._collect(resp, token)
-            except BackfillFailed as exc:
-                log.warning("back-fill failed (%s); the sync is repeated", exc)
+                token = await self._sync_once(token, first)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning("sync failed (%s); retrying in %.0f s", _describe(exc), delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
-            delay = 1.0
-            async with self.store.transaction() as tx:
-                rooms = await tx.add_inbox(items)
-                await tx.set_kv(TOKEN_KEY, resp.next_batch)
-            token = resp.next_batch
-            self.pipeline.kick_rooms(rooms)
-            await self._retry_undecrypted()
+            delay = MIN_BACKOFF_S
             self.syncs += 1
             first = False
             self.ready.set()
+
+    async def _sync_once(self, token: str | None, first: bool) -> str:
+        """One sync: fetch, fill gaps, store inbox rows and the new token; the new token."""
+        # The first sync of a run asks for full state: nio keeps room state (members,
+        # encryption) only in memory.
+        resp = await self.client.sync(
+            timeout=0 if first else SYNC_TIMEOUT_MS,
+            sync_filter=SYNC_FILTER,
+            since=token,
+            full_state=first,
+        )
+        if isinstance(resp, SyncError):
+            raise SyncFailed(str(resp.status_code))
+        if not isinstance(resp, SyncResponse):
+            raise SyncFailed(type(resp).__name__)
+        await self._housekeeping()
+        await self._answer_invites(resp)
+        items = await self._collect(resp, token)
+        async with self.store.transaction() as tx:
+            rooms = await tx.add_inbox(items)
+            await tx.set_kv(TOKEN_KEY, resp.next_batch)
+        self.pipeline.kick_rooms(rooms)
+        try:
+            await self._retry_undecrypted()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the token has moved on: the sync itself succeeded
+            log.warning("retrying undecrypted events failed (%s)", _describe(exc))
+        return str(resp.next_batch)
 
     async def _housekeeping(self) -> None:
         client = self.client
