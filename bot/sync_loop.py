@@ -16,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from nio import (
@@ -36,6 +38,7 @@ from nio import (
 from bot.events import to_inbox_item
 from bot.pipeline import Pipeline
 from bot.store import InboxItem, Store
+from handlers.undecryptable import tell_undecryptable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,7 @@ SYNC_FILTER: dict[str, Any] = {
     },
 }
 MAX_BACKFILL_PAGES = 50
+UNDECRYPTABLE_NOTICE_AFTER_S = 120.0
 
 
 MIN_BACKOFF_S = 1.0
@@ -86,6 +90,9 @@ class SyncLoop:
         self.syncs = 0
         self.failures = 0
         self._requested_keys: set[str] = set()
+        # How long an undecryptable message may wait for its key before the sender is told.
+        self.notice_after_s = UNDECRYPTABLE_NOTICE_AFTER_S
+        self._told_undecryptable: set[str] = set()
 
     async def run(self) -> None:
         """Sync until cancelled. No error ends the loop: it backs off and syncs again.
@@ -229,11 +236,15 @@ class SyncLoop:
             await self.client.request_room_key(event)
 
     async def _retry_undecrypted(self) -> None:
+        """Decrypt what waited for its room key; tell the sender of what still waits after
+        `notice_after_s` that it is not recorded yet."""
         async with self.store.transaction() as tx:
             waiting = await tx.undecrypted()
         if not waiting:
             return
         results: list[tuple[int, InboxItem | None]] = []
+        overdue: list[MegolmEvent] = []
+        now_ms = time.time() * 1000
         for item in waiting:
             event = MegolmEvent.from_dict(item.event)
             if not isinstance(event, MegolmEvent):
@@ -243,6 +254,11 @@ class SyncLoop:
             try:
                 decrypted = self.client.decrypt_event(event)
             except EncryptionError:
+                if (
+                    event.event_id not in self._told_undecryptable
+                    and now_ms - event.server_timestamp >= self.notice_after_s * 1000
+                ):
+                    overdue.append(event)
                 continue
             room = self.client.rooms.get(item.room_id)
             results.append(
@@ -257,7 +273,7 @@ class SyncLoop:
                     ),
                 )
             )
-        if not results:
+        if not results and not overdue:
             return
         rooms: set[str] = set()
         async with self.store.transaction() as tx:
@@ -267,5 +283,18 @@ class SyncLoop:
                 else:
                     await tx.set_decrypted(seq, decoded.payload)
                     rooms.add(decoded.room_id)
-        log.info("decrypted late: events=%d", len(results))
+            for event in overdue:
+                await tell_undecryptable(
+                    tx,
+                    room_id=event.room_id,
+                    event_id=event.event_id,
+                    sent_at=datetime.fromtimestamp(event.server_timestamp / 1000, UTC),
+                )
+            told = tx.touched_rooms
+        self._told_undecryptable.update(e.event_id for e in overdue)
+        if results:
+            log.info("decrypted late: events=%d", len(results))
+        for event in overdue:
+            log.warning("still undecryptable, sender told: event=%s", event.event_id)
         self.pipeline.kick_rooms(rooms)
+        self.pipeline.outbox_workers.kick_all(told)
