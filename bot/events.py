@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from nio import Event, MegolmEvent, RoomMemberEvent, RoomMessageText
+from nio import Event, MegolmEvent, RedactionEvent, RoomMemberEvent, RoomMessageText
 
 from bot.store import InboxItem
 
@@ -27,9 +27,13 @@ def strip_reply_fallback(body: str, content: dict[str, Any]) -> str:
     return "\n".join(lines[i:])
 
 
-def is_edit(content: dict[str, Any]) -> bool:
+def edited_event(content: dict[str, Any]) -> str | None:
+    """The event an edit (`m.replace`) replaces, or None if this is not an edit."""
     relates = content.get("m.relates_to")
-    return isinstance(relates, dict) and relates.get("rel_type") == "m.replace"
+    if not isinstance(relates, dict) or relates.get("rel_type") != "m.replace":
+        return None
+    target = relates.get("event_id")
+    return target if isinstance(target, str) and target else ""
 
 
 def safe_text(text: str) -> str:
@@ -69,12 +73,45 @@ def to_inbox_item(
             state="pending",
             payload={"membership": event.membership, "target": event.state_key},
         )
+    if isinstance(event, RedactionEvent):
+        # Deleting a referral's message must not delete the referral: the handler keeps
+        # the record and says so. Only the IDs are stored.
+        return InboxItem(
+            event_id=event.event_id,
+            room_id=room_id,
+            sender=event.sender,
+            origin_ts=event.server_timestamp,
+            room_encrypted=room_encrypted,
+            state="pending",
+            payload={"redacts": event.redacts, "private": private},
+        )
     if not isinstance(event, RoomMessageText):
         # Notices (other bots), emotes, media and state are not commands.
         return None
     content = event.source.get("content", {})
-    if not isinstance(content, dict) or is_edit(content):
+    if not isinstance(content, dict):
         return None
+    edit_of = edited_event(content)
+    if edit_of is not None:
+        # An edit never changes what was recorded. The handler answers it (the record is
+        # unchanged; how to correct it); its new text is not stored.
+        if not edit_of or not (room_encrypted and getattr(event, "decrypted", False)):
+            return None
+        new = content.get("m.new_content")
+        new_body = new.get("body") if isinstance(new, dict) else None
+        return InboxItem(
+            event_id=event.event_id,
+            room_id=room_id,
+            sender=event.sender,
+            origin_ts=event.server_timestamp,
+            room_encrypted=True,
+            state="pending",
+            payload={
+                "edit_of": edit_of,
+                "command": isinstance(new_body, str) and new_body.lstrip().startswith("!"),
+                "private": private,
+            },
+        )
     body = strip_reply_fallback(safe_text(event.body or ""), content)
     encrypted = room_encrypted and bool(getattr(event, "decrypted", False))
     if not encrypted:

@@ -326,6 +326,9 @@ class Tx:
             private=bool(payload.get("private", False)),
             membership=payload.get("membership"),
             target=payload.get("target"),
+            edit_of=payload.get("edit_of"),
+            command=bool(payload.get("command", False)),
+            redacts=payload.get("redacts"),
         )
 
     async def rooms_with_pending(self) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.store import Tx
-from handlers import meetings, views, workflow
+from handlers import corrections, meetings, views, workflow
 from handlers.intake import take_referral
 from handlers.notify import reply
 from handlers.ports import Incoming
@@ -21,6 +21,7 @@ HELP: tuple[tuple[str, str], ...] = (
     ("!refer template", "the blank referral form, every field explained"),
     ("!refer", "send a referral: !refer on the first line, then one 'Field: value' per line"),
     ("!status REF-…", "where your referral is now (referrers see only their own)"),
+    ("!amend REF-… text", "add a correction to your referral (the referral as sent is kept)"),
 )
 TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!queue", "open referrals, oldest first, with deadlines"),
@@ -77,6 +78,12 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
         if meeting is not None:
             await meetings.on_membership(tx, msg, settings, meeting)
         return
+    if msg.redacts is not None:
+        await corrections.on_redaction(tx, msg, settings)
+        return
+    if msg.edit_of is not None:
+        await corrections.on_edit(tx, msg, settings)
+        return
     if msg.withheld:
         await _reply(tx, msg, "unencrypted", _refuse_unencrypted(settings), sensitive=False)
         return
@@ -121,6 +128,8 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
             await take_referral(tx, msg, settings)
     elif word == "!status":
         await _run(views.status, tx, msg, settings, args)
+    elif word == "!amend":
+        await _run(corrections.amend, tx, msg, settings, args)
     elif word == "!phone-referral":
         if await _team_allowed(tx, msg, settings, word, managers_only=False):
             await take_referral(tx, msg, settings, phone=True)

@@ -30,6 +30,11 @@ class Incoming:
     # For membership changes (join, leave, invite): what happened, and to whom.
     membership: str | None = None
     target: str | None = None
+    # An edit (`m.replace`) of this event; `command`: the new text starts with "!".
+    edit_of: str | None = None
+    command: bool = False
+    # A redaction (deletion) of this event.
+    redacts: str | None = None
 
 
 @dataclass(frozen=True)

@@ -81,6 +81,21 @@ class Harness:
         await self.pipeline.wait_idle()
         return event_id
 
+    async def event(
+        self, sender: str, payload: dict[str, object], *, room: str | None = None
+    ) -> str:
+        """Any other stored event (an edit, a redaction), as the sync loop would store it."""
+        event_id = f"$x{next(_ids)}"
+        room = room or self.dm(sender)
+        ts = int(self.now.timestamp() * 1000)
+        async with self.store.transaction() as tx:
+            rooms = await tx.add_inbox(
+                [InboxItem(event_id, room, sender, ts, True, "pending", dict(payload))]
+            )
+        self.pipeline.kick_rooms(rooms)
+        await self.pipeline.wait_idle()
+        return event_id
+
     async def member(self, room: str, user: str, membership: str) -> None:
         """Someone joins, declines (leave) or is invited, as the homeserver would report it."""
         ts = int(self.now.timestamp() * 1000)
