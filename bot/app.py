@@ -7,6 +7,7 @@ import contextlib
 import logging
 import signal
 import time
+from pathlib import Path
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
@@ -14,6 +15,7 @@ from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
+from bot.reload import ConfigReloader, log_outcome
 from bot.session import open_client, secure_dir
 from bot.store import Store
 from bot.sync_loop import SyncLoop
@@ -25,8 +27,10 @@ log = logging.getLogger(__name__)
 
 
 class BotApp:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        # Re-read by !reload and SIGHUP; without it the configuration cannot be reloaded.
+        self.config_path = config_path
         self.store: Store | None = None
         self.client: AsyncClient | None = None
         self.pipeline: Pipeline | None = None
@@ -64,6 +68,8 @@ class BotApp:
         settings = Settings.from_config(cfg, team_room, keyring)
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
         self.pipeline = Pipeline(self.store, settings, messenger)
+        if self.config_path is not None:
+            self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
         self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
         self._resume_task = asyncio.create_task(self._resume_after_first_sync(), name="resume")
@@ -138,11 +144,19 @@ class BotApp:
         if self.store is not None:
             await self.store.close()
 
+    def reload_from_signal(self) -> None:
+        """SIGHUP: re-read the configuration file; the log says what happened."""
+        if self.pipeline is None or self.pipeline.reloader is None:
+            log.warning("SIGHUP ignored: not started yet, or no configuration file to re-read")
+            return
+        log_outcome(self.pipeline.reloader.reload(), "SIGHUP")
+
     async def run_forever(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
         await self.start()
         assert self._sync_task is not None
         stopper = asyncio.create_task(stop.wait())

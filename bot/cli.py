@@ -69,7 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load(args.config)
     setup_logging(config.logging.level)
     try:
-        asyncio.run(BotApp(config).run_forever())
+        asyncio.run(BotApp(config, args.config).run_forever())
     except (ConfigError, LoginFailed) as exc:
         print(f"referral-bot: {exc}", file=sys.stderr)
         return 1

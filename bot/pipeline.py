@@ -20,7 +20,14 @@ from bot.room_workers import RoomWorkers
 from bot.store import OutboxRow, RoomJob, Store
 from handlers.commands import handle_message
 from handlers.meetings import room_created, room_spec
-from handlers.ports import Incoming, Messenger, OutgoingMessage, SendRefused, txn_id_for
+from handlers.ports import (
+    Incoming,
+    Messenger,
+    OutgoingMessage,
+    Reloader,
+    SendRefused,
+    txn_id_for,
+)
 from handlers.render import Doc
 from handlers.settings import Settings
 
@@ -33,8 +40,10 @@ JOBS = "room-jobs"
 class Pipeline:
     def __init__(self, store: Store, settings: Settings, messenger: Messenger) -> None:
         self.store = store
+        # Read afresh for every message: a reload swaps it between two commands.
         self.settings = settings
         self.messenger = messenger
+        self.reloader: Reloader | None = None
         self.inbox_workers = RoomWorkers("inbox", self._handle_room)
         self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
         # Room creation and invites: one queue, in order.
@@ -78,7 +87,7 @@ class Pipeline:
                     msg = await tx.next_pending(room_id)
                     if msg is None:
                         return
-                    await handle_message(tx, msg, self.settings)
+                    await handle_message(tx, msg, self.settings, reloader=self.reloader)
                     await tx.mark_handled(msg.seq)
                     rooms = tx.touched_rooms
                     if tx.room_jobs_added:

@@ -6,9 +6,10 @@ import logging
 
 from bot.store import Tx
 from handlers import corrections, meetings, views, workflow
+from handlers.admin import reload_command
 from handlers.intake import take_referral
 from handlers.notify import reply
-from handlers.ports import Incoming
+from handlers.ports import Incoming, Reloader
 from handlers.referral_form import referral_template
 from handlers.render import Doc
 from handlers.settings import Settings
@@ -71,8 +72,13 @@ def command_word(body: str) -> str | None:
     return first.split(None, 1)[0].lower()
 
 
-async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
-    """Act on one message. Runs inside the transaction that marks it handled."""
+async def handle_message(
+    tx: Tx, msg: Incoming, settings: Settings, *, reloader: Reloader | None = None
+) -> None:
+    """Act on one message. Runs inside the transaction that marks it handled.
+
+    `settings` are the ones in force now: roles are checked against them on every command.
+    """
     if msg.membership is not None:
         meeting = await tx.meeting_by_room(msg.room_id)
         if meeting is not None:
@@ -115,6 +121,10 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
         doc = Doc().heading("referral-bot commands").fields(*HELP)
         if settings.is_team(msg.sender):
             doc.heading("Advice team").fields(*TEAM_HELP)
+        if settings.is_admin(msg.sender):
+            doc.heading("Admin").fields(
+                ("!reload", "re-read the configuration file (roles, deadlines…) now")
+            )
         doc.para(
             "Referrals are only taken in end-to-end encrypted rooms. If a child is in immediate "
             "danger, phone the police on 999."
@@ -130,6 +140,8 @@ async def handle_message(tx: Tx, msg: Incoming, settings: Settings) -> None:
         await _run(views.status, tx, msg, settings, args)
     elif word == "!amend":
         await _run(corrections.amend, tx, msg, settings, args)
+    elif word == "!reload":
+        await reload_command(tx, msg, settings, reloader)
     elif word == "!phone-referral":
         if await _team_allowed(tx, msg, settings, word, managers_only=False):
             await take_referral(tx, msg, settings, phone=True)

@@ -96,5 +96,21 @@ class Messenger(Protocol):
     async def set_moderator(self, room_id: str, user_id: str) -> None: ...
 
 
+@dataclass(frozen=True)
+class ReloadOutcome:
+    """What a reload of the configuration file did."""
+
+    applied: bool
+    problems: tuple[str, ...] = ()  # why it was not applied
+    changes: tuple[str, ...] = ()  # what changed, one line each
+    needs_restart: tuple[str, ...] = ()  # changed keys that only a restart applies
+
+
+class Reloader(Protocol):
+    """Re-reads the configuration file and swaps the settings in use, or keeps them."""
+
+    def reload(self) -> ReloadOutcome: ...
+
+
 class SendRefused(Exception):
     """The message must not be sent as it is (for example: the room is not encrypted)."""

@@ -28,6 +28,7 @@ class Settings:
     max_message_bytes: int = 40_000
     team: frozenset[str] = frozenset()
     managers: frozenset[str] = frozenset()
+    admins: frozenset[str] = frozenset()
     agencies: dict[str, AgencyConfig] = field(default_factory=dict)
     deadlines: DeadlinesConfig = field(default_factory=DeadlinesConfig)
     pattern: PatternConfig = field(default_factory=PatternConfig)
@@ -48,6 +49,7 @@ class Settings:
             max_message_bytes=config.intake.max_message_bytes,
             team=frozenset(config.team.advice_team),
             managers=frozenset(config.team.managers),
+            admins=frozenset(config.team.admins),
             agencies=dict(config.agencies),
             deadlines=config.deadlines,
             pattern=config.pattern,
@@ -69,6 +71,10 @@ class Settings:
 
     def is_manager(self, user_id: str) -> bool:
         return user_id in self.managers
+
+    def is_admin(self, user_id: str) -> bool:
+        """May reload the configuration (`team.admins`)."""
+        return user_id in self.admins
 
     def is_team(self, user_id: str) -> bool:
         """Advice-team members and managers may see and act on referrals."""

@@ -130,8 +130,11 @@ class TeamConfig(_Strict):
 
     advice_team: list[str] = Field(default_factory=list, description="advice-team workers")
     managers: list[str] = Field(default_factory=list, description="team managers")
+    admins: list[str] = Field(
+        default_factory=list, description="may reload the configuration with !reload"
+    )
 
-    _ids = field_validator("advice_team", "managers")(_check_user_ids)
+    _ids = field_validator("advice_team", "managers", "admins")(_check_user_ids)
 
 
 class AgencyConfig(_Strict):
