@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import yaml
 
 from bot.chat_user import ChatUser
 from bot.devserver import DevSynapse
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 BURST = 30
 OUTAGE_S = 3.0
+RATE_PER_S = 10
 
 
 @pytest_asyncio.fixture(loop_scope="session")
@@ -57,7 +59,7 @@ async def wait_acked(user: ChatUser, bot: str, ids: set[str], timeout: float) ->
 
 
 async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
-    own_world: World,
+    own_world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     world = own_world
     hs = world.hs
@@ -87,6 +89,11 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
         queued = asyncio.create_task(queued_in_client())
         await asyncio.sleep(OUTAGE_S)
         assert app._sync_task is not None and not app._sync_task.done(), "sync loop survived"
+        # It comes back with a tight message rate limit: the catch-up meets M_LIMIT_EXCEEDED,
+        # which matrix-nio waits out (retry_after_ms) and retries, without limit.
+        config = yaml.safe_load(hs.config_path.read_text(encoding="utf-8"))
+        config["rc_message"] = {"per_second": RATE_PER_S, "burst_count": RATE_PER_S}
+        hs.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         back = time.monotonic()
         await hs.start()
         during = await queued
@@ -98,10 +105,13 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
         assert app.sync.syncs > syncs_at_crash, "the bot synced again after the outage"
         assert not app._sync_task.done()
 
+    rate_limited = sum("ratelimited" in r.getMessage() for r in caplog.records)
     print(
         f"\noutage {OUTAGE_S:.0f} s with {unsent_at_crash} messages unsent at the crash; "
-        f"all {len(everything)} acknowledged {caught_up:.1f} s after the restart began"
+        f"all {len(everything)} acknowledged {caught_up:.1f} s after the restart began, "
+        f"through {rate_limited} rate-limited requests"
     )
+    assert rate_limited > 0, "the catch-up must have met the rate limit"
     assert unsent_at_crash > 0, "the crash must catch the bot with messages still to send"
     counts = acked(nurse, world.bot_user, everything)
     assert all(counts[e] == 1 for e in everything), "each referral acknowledged exactly once"
