@@ -29,7 +29,7 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dev
 async def world(synapse: DevSynapse, tmp_path: Path) -> AsyncIterator[World]:
     """A fresh bot account, config, advice-team worker and team room for one test."""
     n = next(_names)
-    w = await make_world(synapse, tmp_path, bot_name=f"bot{n}", worker_name=f"worker{n}")
+    w = await make_world(synapse, tmp_path, bot_name=f"b{n:03d}-bot", worker_name=f"worker{n}")
     try:
         yield w
     finally:

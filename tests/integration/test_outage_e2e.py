@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 BURST = 30
 OUTAGE_S = 3.0
-RATE_PER_S = 10
+RATE_PER_S = 5
 
 
 @pytest_asyncio.fixture(loop_scope="session")
