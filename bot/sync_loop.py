@@ -9,6 +9,9 @@ the events a `limited` timeline left out. This loop instead:
 3. stores every event the bot must act on in the inbox and the new token in ONE
    transaction, then hands the rooms to the per-room workers (so a slow room never stalls
    the loop, and a crash before step 3 simply repeats the sync).
+
+Any failure along the way (the homeserver down, an answer cut short) is met with a
+back-off and the same sync again: the loop itself never stops on an error.
 """
 
 from __future__ import annotations
@@ -53,8 +56,6 @@ SYNC_FILTER: dict[str, Any] = {
 }
 MAX_BACKFILL_PAGES = 50
 UNDECRYPTABLE_NOTICE_AFTER_S = 120.0
-
-
 MIN_BACKOFF_S = 1.0
 MAX_BACKOFF_S = 30.0
 
@@ -97,10 +98,11 @@ class SyncLoop:
     async def run(self) -> None:
         """Sync until cancelled. No error ends the loop: it backs off and syncs again.
 
-        matrix-nio retries connection errors and timeouts itself (`max_timeouts=None`), but
-        other failures escape `client.sync` as exceptions (a response cut short, a proxy's
-        HTML error page, a malformed event); a `SyncError` is returned. Either way the sync
-        token has not moved, so repeating the sync loses and repeats nothing.
+        matrix-nio retries refused connections and timeouts itself (`max_timeouts=None`),
+        but an answer cut short raises out of `client.sync` (aiohttp's ClientPayloadError),
+        and an error answer (a proxy's HTML 502 page while the homeserver restarts) comes
+        back as a `SyncError`. Either way the sync token has not moved, so repeating the
+        sync loses and repeats nothing.
         """
         async with self.store.transaction() as tx:
             token = await tx.get_kv(TOKEN_KEY)
@@ -229,6 +231,9 @@ class SyncLoop:
         return list(reversed(collected))
 
     async def _request_key(self, event: MegolmEvent) -> None:
+        # matrix-nio addresses the request to the bot's own other devices (it accepts
+        # forwarded keys only from them). The sender's client rescues the message by
+        # sending the room key late; see _retry_undecrypted.
         if event.session_id in self._requested_keys:
             return
         self._requested_keys.add(event.session_id)
