@@ -216,3 +216,18 @@ async def test_invites_and_chair_changes(h: Harness) -> None:
     assert (room, WORKER2) in h.messenger.moderators
     e = await h.send("@stranger:example.org", "!minutes", room=room)
     assert "Only people invited" in h.reply(e)
+
+
+async def test_the_childs_gp_is_invited_when_known(tmp_path: Path) -> None:
+    gp_lead = "@gp-lead:example.org"
+    h = await Harness.open(
+        tmp_path / "g.db",
+        agencies={**AGENCIES, "gp": AgencyConfig(name="GP practices", safeguarding_lead=gp_lead)},
+        meetings=MeetingsConfig(required_agencies=["police"], must_account_for=[]),
+    )
+    root = await h.send(NURSE, referral(School=None, GP="Example Surgery"))
+    ref = re.findall(r"REF-\d{4}-\d{6}", h.replies_to(root)[0].body)[0]
+    await h.send(WORKER, f"!strategy {ref}")
+    _, spec = h.messenger.created[-1]
+    assert gp_lead in spec.invite and SCHOOL not in spec.invite
+    await h.store.close()
