@@ -10,13 +10,14 @@ import time
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
+from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.session import open_client, secure_dir
 from bot.store import Store
 from bot.sync_loop import SyncLoop
 from handlers.settings import Settings
-from schemas.config import Config
+from schemas.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,13 @@ class BotApp:
         cfg = self.config
         data_dir = secure_dir(cfg.storage.data_dir)
         store_key = cfg.storage.store_key.read()
+        try:
+            keyring = Keyring(cfg.storage.database_key.read())
+        except ValueError as exc:
+            raise ConfigError([f"storage.database_key: {exc}"]) from None
         creds_exist = (data_dir / "credentials.json").exists()
         password = None if creds_exist else cfg.bot.password.read()
-        self.store = await Store.open(data_dir / "referrals.db")
+        self.store = await Store.open(data_dir / "referrals.db", keyring)
         self.client = await open_client(
             homeserver=cfg.homeserver.url,
             user_id=cfg.bot.user_id,

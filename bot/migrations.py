@@ -85,6 +85,35 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX outbox_unsent ON outbox (sent_at, room_id, id);
         """,
     ),
+    # Step 2 is the advice-team workflow (another branch); this step is numbered after it.
+    (
+        3,
+        """
+        -- What is stored (issue 5). referrals.form, record_entries.detail, outbox.content
+        -- and inbox.payload hold AES-GCM ciphertext from now on ("enc1:..."); rows written
+        -- before this step are encrypted by Store.open (bot/store.py, _seal_legacy_rows).
+        -- child_key: keyed hash (HMAC) of the child's name and date of birth, for matching
+        -- records about the same child without storing the name in clear.
+        -- MERGE NOTE: step 2 of the workflow branch adds the same column and index; when both
+        -- are merged keep only one ALTER TABLE for child_key.
+        ALTER TABLE referrals ADD COLUMN child_key TEXT;
+        CREATE INDEX IF NOT EXISTS referrals_child ON referrals (child_key);
+
+        -- Tamper evidence: each entry's hash is an HMAC over the previous entry's hash and
+        -- this entry's fields, chained per referral (bot/keyring.py, Keyring.chain_hash).
+        ALTER TABLE record_entries ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+        ALTER TABLE record_entries ADD COLUMN hash TEXT;
+
+        -- Retention: what was destroyed, when and under which rule. No personal data.
+        CREATE TABLE purged_referrals (
+            ref          TEXT PRIMARY KEY,
+            record_class TEXT NOT NULL,
+            received_at  TEXT NOT NULL,
+            purged_at    TEXT NOT NULL,
+            rule         TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
