@@ -112,6 +112,9 @@ MIGRATIONS: list[tuple[int, str]] = [
             purged_at    TEXT NOT NULL,
             rule         TEXT NOT NULL
         );
+
+        -- Store.open seals (encrypts and chains) the rows written before this step, once.
+        INSERT INTO kv (key, value) VALUES ('legacy_rows_to_seal', '1');
         """,
     ),
 ]

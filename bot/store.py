@@ -713,22 +713,12 @@ class Tx:
         ) as cur:
             row = await cur.fetchone()
             plan.inbox_rows = int(row[0]) if row else 0
+        going = {p.id for p in plan.referrals}
         async with self._db.execute(
-            "SELECT COUNT(*) FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?"
-            " AND (referral_id IS NULL OR referral_id NOT IN"
-            " (SELECT id FROM referrals WHERE current_type = ? AND received_at < ?)"
-            " AND referral_id NOT IN"
-            " (SELECT id FROM referrals WHERE current_type = ? AND received_at < ?))",
-            (
-                _iso(cutoffs.outbox_before),
-                "contact",
-                _iso(cutoffs.contact_before) if cutoffs.contact_before else "",
-                "child protection referral",
-                _iso(cutoffs.child_protection_before) if cutoffs.child_protection_before else "",
-            ),
+            "SELECT referral_id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+            (_iso(cutoffs.outbox_before),),
         ) as cur:
-            row = await cur.fetchone()
-            plan.outbox_rows = int(row[0]) if row else 0
+            plan.outbox_rows = sum(1 for r in await cur.fetchall() if r[0] not in going)
         return plan
 
     async def purge(self, cutoffs: PurgeCutoffs, rules: dict[str, str]) -> PurgePlan:
@@ -900,14 +890,21 @@ class Store:
             with contextlib.suppress(FileNotFoundError):
                 os.chmod(f, 0o600)
 
-    async def compact(self) -> None:
-        """Move the WAL into the file and truncate it, then rebuild the file without free
-        pages, so old page images (plain text before sealing, old ciphertext before a key
-        rotation, purged rows) are gone from both files."""
+    async def compact(self, *, vacuum: bool = True) -> None:
+        """Copy the WAL into the file and truncate it (and rebuild the file without free
+        pages), so old page images (plain text before sealing, old ciphertext before a key
+        rotation, purged rows) do not stay behind in either file. With `secure_delete` on,
+        a checkpoint alone already overwrites freed content; VACUUM needs the bot stopped."""
         async with self._lock:
-            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            await self._db.execute("VACUUM")
-            await self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            await self._checkpoint()
+            if vacuum:
+                await self._db.execute("VACUUM")
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        # The pragma returns a row; reading it to the end finishes the statement.
+        async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            await cur.fetchall()
 
     async def close(self) -> None:
         async with self._lock:

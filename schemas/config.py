@@ -118,6 +118,21 @@ class IntakeConfig(_Strict):
     max_message_bytes: Annotated[int, Field(ge=1024, le=60_000)] = 40_000
 
 
+class RetentionConfig(_Strict):
+    """How long each class of record is kept. `referral-bot purge` applies it, never the bot.
+
+    A referral's age is counted from when it was received, by what it is recorded as now.
+    Left out, a referral class is kept for ever.
+    """
+
+    contact_years: Annotated[int, Field(ge=1, le=100)] | None = None
+    child_protection_years: Annotated[int, Field(ge=1, le=100)] | None = None
+    # Handled inbox rows keep only event IDs (no text): they let a re-delivered event be
+    # recognised. Sent messages keep their (encrypted) text until then.
+    handled_inbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    sent_outbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -129,6 +144,7 @@ class Config(_Strict):
     access: AccessConfig
     rooms: RoomsConfig
     intake: IntakeConfig = IntakeConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     def is_allowed_user(self, user_id: str) -> bool:
