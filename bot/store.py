@@ -506,13 +506,13 @@ class Tx:
         for _, sql in triggers:
             await self._db.execute(sql)
 
-    async def check_chains(self, keyring: Keyring | None = None) -> ChainReport:
+    async def check_chains(self) -> ChainReport:
         """Check every referral: form readable, child key right, running record unbroken.
 
         Per referral the first problem found is reported (a broken chain makes every later
         entry of it unverifiable anyway).
         """
-        keyring = keyring or self._keyring
+        keyring = self._keyring
         report = ChainReport()
         heads: dict[int, _ChainState] = {}
         async with self._db.execute(
@@ -554,6 +554,16 @@ class Tx:
         ) as cur:
             async for e in cur:
                 report.entries += 1
+                if e["referral_id"] not in heads:  # foreign keys are off in a sqlite3 shell
+                    orphan = _ChainState(f"referral id {e['referral_id']}", {}, broken=True)
+                    heads[e["referral_id"]] = orphan
+                    report.breaks.append(
+                        ChainBreak(
+                            orphan.ref,
+                            e["id"],
+                            "it belongs to no referral (the referral was deleted by hand)",
+                        )
+                    )
                 state = heads[e["referral_id"]]
                 state.count += 1
                 if state.broken:
@@ -572,8 +582,8 @@ class Tx:
     async def reencrypt_all(self, old: Keyring, new: Keyring) -> dict[str, int]:
         """Re-encrypt every encrypted field and re-chain every running record with `new`.
 
-        Call inside one transaction, after `check_chains(old)` found nothing broken: the
-        chains are re-hashed with the new key, so a break left in place would be hidden.
+        Call inside one transaction, after `check_chains()` with the old key found nothing
+        broken: the chains are re-hashed with the new key, so a break left would be hidden.
         """
         counts = {"referrals": 0, "record_entries": 0, "outbox": 0, "inbox": 0}
         async with self._db.execute("SELECT id, event_id, form FROM referrals") as cur:
@@ -699,12 +709,12 @@ class Tx:
             if before is None:
                 continue
             async with self._db.execute(
-                "SELECT id, ref FROM referrals WHERE current_type = ? AND received_at < ?"
-                " ORDER BY id",
+                "SELECT id, ref, received_at FROM referrals"
+                " WHERE current_type = ? AND received_at < ? ORDER BY id",
                 (record_class, _iso(before)),
             ) as cur:
                 plan.referrals.extend(
-                    PurgedReferral(int(r["id"]), r["ref"], record_class)
+                    PurgedReferral(int(r["id"]), r["ref"], record_class, r["received_at"])
                     for r in await cur.fetchall()
                 )
         async with self._db.execute(
@@ -727,18 +737,13 @@ class Tx:
         plan = await self.purge_plan(cutoffs)
         async with self.append_only_lifted():
             for p in plan.referrals:
-                async with self._db.execute(
-                    "SELECT received_at FROM referrals WHERE id = ?", (p.id,)
-                ) as cur:
-                    row = await cur.fetchone()
-                assert row is not None
                 await self._db.execute("DELETE FROM outbox WHERE referral_id = ?", (p.id,))
                 await self._db.execute("DELETE FROM record_entries WHERE referral_id = ?", (p.id,))
                 await self._db.execute("DELETE FROM referrals WHERE id = ?", (p.id,))
                 await self._db.execute(
                     "INSERT INTO purged_referrals (ref, record_class, received_at, purged_at,"
                     " rule) VALUES (?, ?, ?, ?, ?)",
-                    (p.ref, p.record_class, row[0], _iso(self.now), rules[p.record_class]),
+                    (p.ref, p.record_class, p.received_at, _iso(self.now), rules[p.record_class]),
                 )
         await self._db.execute(
             "DELETE FROM inbox WHERE state = 'done' AND handled_at < ?",
@@ -774,7 +779,11 @@ def _entry_problem(keyring: Keyring, state: _ChainState, e: aiosqlite.Row) -> st
         return "its hash does not match its content (the entry was changed)"
     if state.count == 1:
         detail = json.loads(text)
-        if e["kind"] != "received" or any(detail.get(k) != v for k, v in state.expect.items()):
+        if (
+            e["kind"] != "received"
+            or not isinstance(detail, dict)
+            or any(detail.get(k) != v for k, v in state.expect.items())
+        ):
             return (
                 "the referral's event, declared type or declared-by differ from "
                 "its 'received' entry (the referral row was changed)"
@@ -811,6 +820,7 @@ class PurgedReferral:
     id: int
     ref: str
     record_class: str
+    received_at: str
 
 
 @dataclass

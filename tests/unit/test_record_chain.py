@@ -84,6 +84,10 @@ EDITS = {
         ],
         "REF-2026-000002, running-record entry 7: its hash does not match",
     ),
+    "referral deleted, its record left": (
+        ["DELETE FROM referrals WHERE id = 1"],
+        "referral id 1, running-record entry 1: it belongs to no referral",
+    ),
     "classification changed on the referral": (
         ["UPDATE referrals SET declared_type = 'contact', current_type = 'contact' WHERE id = 1"],
         "REF-2026-000001, running-record entry 1: the referral's event, declared type",
