@@ -152,7 +152,7 @@ async def test_events_delivered_again_after_a_restart_are_not_handled_again(
         assert {referral_event, help_event} <= set(offered), "not delivered again"
         assert app.pipeline is not None
         await app.pipeline.wait_idle()
-        await asyncio.sleep(1.5)  # time for a second reply to arrive, if one were sent
+        await asyncio.sleep(1.0)  # time for a second reply to arrive, if one were sent
 
     replies = [r.in_reply_to for r in hv.received if r.sender == world.bot_user]
     assert replies.count(referral_event) == 1 and replies.count(help_event) == 1
