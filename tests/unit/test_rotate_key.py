@@ -133,10 +133,10 @@ async def test_the_new_key_can_come_from_the_environment(
 async def test_rotation_is_refused_while_the_bot_runs(
     tmp_path: Path, filled: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch_key = tmp_path / "new-key"
-    monkeypatch_key.write_text(NEW_KEY)
+    new_key_file = tmp_path / "new-key"
+    new_key_file.write_text(NEW_KEY)
     async with opened(tmp_path / "data" / "referrals.db"):  # the running bot
-        assert await cli("rotate-key", "-c", filled, "--new-key-file", monkeypatch_key) == 2
+        assert await cli("rotate-key", "-c", filled, "--new-key-file", new_key_file) == 2
     assert "stop the bot first" in capsys.readouterr().err
     async with opened(tmp_path / "data" / "referrals.db"):  # still the old key
         pass
