@@ -14,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from tests.forms import referral
+from tests.keys import TEST_KEY
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, WORKER2, Harness
 
 
@@ -313,7 +314,7 @@ async def test_chronology_in_chat_and_export_to_files(h: Harness, tmp_path: Path
     assert text.startswith(f"# {ref}: CHILD PROTECTION REFERRAL") and "Checked with the GP" in text
 
     data_dir = h.store.path.parent
-    (tmp_path / "key").write_text("k" * 40)
+    (tmp_path / "key").write_text(TEST_KEY)
     config_path = tmp_path / "c.toml"
     config_path.write_text(
         f"""
