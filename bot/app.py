@@ -21,7 +21,7 @@ from bot.store import Store
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
 from handlers.settings import Settings
-from schemas.config import Config
+from schemas.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +46,13 @@ class BotApp:
         cfg = self.config
         data_dir = secure_dir(cfg.storage.data_dir)
         store_key = cfg.storage.store_key.read()
+        try:
+            keyring = Keyring(cfg.storage.database_key.read())
+        except ValueError as exc:
+            raise ConfigError([f"storage.database_key: {exc}"]) from None
         creds_exist = (data_dir / "credentials.json").exists()
         password = None if creds_exist else cfg.bot.password.read()
-        self.store = await Store.open(data_dir / "referrals.db")
+        self.store = await Store.open(data_dir / "referrals.db", keyring)
         self.client = await open_client(
             homeserver=cfg.homeserver.url,
             user_id=cfg.bot.user_id,
@@ -64,8 +68,7 @@ class BotApp:
             password=password_reader(password, cfg.bot.password),
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
-        keyring = Keyring(cfg.storage.database_key.read())
-        settings = Settings.from_config(cfg, team_room, keyring)
+        settings = Settings.from_config(cfg, team_room)
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
         self.pipeline = Pipeline(self.store, settings, messenger)
         if self.config_path is not None:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from schemas.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from bot.maintenance import Outcome
 
 
 def _load(path: Path) -> Config:
@@ -62,15 +68,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def private_files() -> None:
+    """Everything this process creates (database, WAL, E2EE store, lock) is owner-only."""
+    os.umask(0o077)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import BotApp
     from bot.session import LoginFailed
+    from bot.store import DatabaseInUse, WrongDatabaseKey
 
+    private_files()
     config = _load(args.config)
     setup_logging(config.logging.level)
     try:
         asyncio.run(BotApp(config, args.config).run_forever())
-    except (ConfigError, LoginFailed) as exc:
+    except (ConfigError, LoginFailed, DatabaseInUse, WrongDatabaseKey) as exc:
         print(f"referral-bot: {exc}", file=sys.stderr)
         return 1
     return 0
@@ -88,6 +101,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in paths:
         print(path)
     return 0
+
+
+def _maintenance(
+    args: argparse.Namespace, job: Callable[[Config], Coroutine[Any, Any, Outcome]]
+) -> int:
+    from bot.store import DatabaseInUse, WrongDatabaseKey
+
+    private_files()
+    config = _load(args.config)
+    try:
+        outcome = asyncio.run(job(config))
+    except (ConfigError, DatabaseInUse, WrongDatabaseKey) as exc:
+        print(f"referral-bot {args.command}: {exc}", file=sys.stderr)
+        return 2
+    stream = sys.stdout if outcome.code == 0 else sys.stderr
+    for line in outcome.lines:
+        print(line, file=stream)
+    return outcome.code
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from bot.maintenance import verify
+
+    return _maintenance(args, verify)
+
+
+def _new_key(args: argparse.Namespace) -> str:
+    from schemas.config import SecretSource
+
+    if (args.new_key_file is None) == (args.new_key_env is None):
+        raise ConfigError(["give exactly one of --new-key-file PATH or --new-key-env VAR"])
+    source = SecretSource(file=args.new_key_file, env=args.new_key_env)
+    return source.read()
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    from bot.maintenance import rotate_key
+
+    try:
+        new_secret = _new_key(args)
+    except ConfigError as exc:
+        print(f"referral-bot rotate-key: {exc}", file=sys.stderr)
+        return 2
+    return _maintenance(args, lambda config: rotate_key(config, new_secret))
+
+
+def cmd_purge(args: argparse.Namespace) -> int:
+    from bot.maintenance import purge
+
+    return _maintenance(args, lambda config: purge(config, confirmed=args.yes))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -114,6 +177,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--config", type=Path, required=True)
     p.add_argument("-o", "--out", type=Path, default=Path("."), help="folder (default: here)")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser(
+        "verify", help="check every running record's hash chain; exit code 1 if one is broken"
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.set_defaults(func=cmd_verify)
+    p = sub.add_parser(
+        "rotate-key",
+        help="re-encrypt the database with a new database key (stop the bot first)",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    new_key = p.add_mutually_exclusive_group(required=True)
+    new_key.add_argument("--new-key-file", type=Path, metavar="PATH", help="file with the new key")
+    new_key.add_argument("--new-key-env", metavar="VAR", help="environment variable with it")
+    p.set_defaults(func=cmd_rotate_key)
+    p = sub.add_parser(
+        "purge",
+        help="list (--dry-run) or remove (--yes) records past their retention period",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--dry-run", action="store_true", help="only list what would go (default)")
+    how.add_argument("--yes", action="store_true", help="really purge")
+    p.set_defaults(func=cmd_purge)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

@@ -75,6 +75,17 @@ async def run_demo(keep: bool = False) -> int:
         _rule("The advice team sees, in its encrypted room")
         print(summary.body)
 
+        ref = ack.body.split(":", 1)[0]
+        worker = world.worker
+        await worker.wait_joined(world.team_room, world.bot_user)
+        claim = await worker.send(world.team_room, f"!claim {ref}")
+        await worker.wait_reply(claim, timeout=30)
+        update = (
+            await nurse.wait_for(lambda r: r.room_id == dm and "picked up" in r.body, timeout=30)
+        )[0]
+        _rule(f"{worker.user_id} sends !claim {ref}; the practitioner sees, in the thread")
+        print(update.body)
+
         if keep:
             _rule("Still running: log in from Element or any Matrix client")
             print(f"Homeserver URL: {hs.url}")

@@ -14,8 +14,9 @@ from schemas.config import Config
 
 async def export_referral(config: Config, ref: str, out_dir: Path) -> list[Path]:
     keyring = Keyring(config.storage.database_key.read())
-    settings = Settings.from_config(config, config.rooms.advice_team, keyring)
-    store = await Store.open(config.storage.data_dir / "referrals.db")
+    settings = Settings.from_config(config, config.rooms.advice_team)
+    # Read beside a running bot: not the exclusive lock the bot holds.
+    store = await Store.open(config.storage.data_dir / "referrals.db", keyring, exclusive=False)
     try:
         async with store.transaction() as tx:
             referral = await tx.referral_by_ref(ref.upper())
@@ -28,6 +29,7 @@ async def export_referral(config: Config, ref: str, out_dir: Path) -> list[Path]
             )
     finally:
         await store.close()
+    os.umask(0o077)  # the files hold the child's details in clear
     out_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     written = []
     for suffix, text in ((".md", markdown), (".json", data)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import unicodedata
 from datetime import date
@@ -40,6 +41,11 @@ class Keyring:
             raise ValueError("the database key must be at least 16 characters")
         self._aead = AESGCM(_derive(secret, b"field-encryption"))
         self._match = _derive(secret, b"child-matching")
+        self._chain = _derive(secret, b"record-chain")
+
+    @staticmethod
+    def is_encrypted(value: str) -> bool:
+        return value.startswith(_PREFIX)
 
     def encrypt(self, plaintext: str, context: str) -> str:
         """AES-256-GCM with a random nonce; `context` (e.g. a table and column) is bound in."""
@@ -61,3 +67,20 @@ class Keyring:
         """
         material = f"{normalise_name(name)}\x00{born.isoformat() if born else ''}"
         return hmac.new(self._match, material.encode("utf-8"), hashlib.sha256).hexdigest()
+
+    def chain_hash(
+        self, prev_hash: str, referral_id: int, at: str, actor: str, kind: str, detail: str
+    ) -> str:
+        """The running-record hash of one entry: HMAC-SHA256 over the previous entry's
+        hash and this entry's fields, with `detail` as its plain canonical JSON.
+
+        Keyed, so that someone who can write the database file but does not hold the key
+        cannot recompute a chain after changing an entry. Over the plain detail rather than
+        its ciphertext, so the chain says what was recorded, not how it was encrypted.
+        """
+        material = json.dumps(
+            [prev_hash, referral_id, at, actor, kind, detail],
+            ensure_ascii=True,
+            separators=(",", ":"),
+        )
+        return hmac.new(self._chain, material.encode("ascii"), hashlib.sha256).hexdigest()

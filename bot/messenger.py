@@ -138,7 +138,25 @@ class MatrixMessenger:
                 f"room creation failed: {getattr(resp, 'status_code', '')} "
                 f"{getattr(resp, 'message', resp)}"
             )
-        return str(resp.room_id)
+        room_id = str(resp.room_id)
+        await self._await_members(room_id, {u for u in spec.invite if self._is_allowed(u)})
+        return room_id
+
+    async def _await_members(self, room_id: str, expected: set[str], timeout: float = 30.0) -> None:
+        """Wait until the sync has shown every invitee in the room.
+
+        A room key is shared only with members the bot's client knows of, and a sync can
+        show a new room before all its invites: sending the agenda then would leave the
+        later invitees unable to read it.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline:
+            room = self._client.rooms.get(room_id)
+            if room is not None and expected <= set(room.users):
+                return
+            await asyncio.sleep(0.05)
+        log.warning("room members not all seen in time: room=%s", room_id)
 
     async def invite(self, room_id: str, user_id: str) -> None:
         if not self._is_allowed(user_id):
@@ -148,6 +166,7 @@ class MatrixMessenger:
             status = getattr(resp, "status_code", "")
             if status != "M_FORBIDDEN":  # already in the room: nothing to do
                 raise SendFailed(f"invite failed: {status}")
+        await self._await_members(room_id, {user_id})
 
     async def set_moderator(self, room_id: str, user_id: str) -> None:
         current = await self._client.room_get_state_event(room_id, "m.room.power_levels")

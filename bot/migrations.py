@@ -184,6 +184,34 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX room_jobs_pending ON room_jobs (done_at, id);
         """,
     ),
+    (
+        4,
+        """
+        -- What is stored (issue 5). referrals.form, record_entries.detail, outbox.content
+        -- and inbox.payload hold AES-GCM ciphertext from now on ("enc1:..."); rows written
+        -- before this step are encrypted by Store.open (bot/store.py, _seal_legacy_rows).
+        -- child_key: keyed hash (HMAC) of the child's name and date of birth, for matching
+        -- records about the same child without storing the name in clear.
+        -- (The column and its index come from step 2.)
+
+        -- Tamper evidence: each entry's hash is an HMAC over the previous entry's hash and
+        -- this entry's fields, chained per referral (bot/keyring.py, Keyring.chain_hash).
+        ALTER TABLE record_entries ADD COLUMN prev_hash TEXT NOT NULL DEFAULT '';
+        ALTER TABLE record_entries ADD COLUMN hash TEXT;
+
+        -- Retention: what was destroyed, when and under which rule. No personal data.
+        CREATE TABLE purged_referrals (
+            ref          TEXT PRIMARY KEY,
+            record_class TEXT NOT NULL,
+            received_at  TEXT NOT NULL,
+            purged_at    TEXT NOT NULL,
+            rule         TEXT NOT NULL
+        );
+
+        -- Store.open seals (encrypts and chains) the rows written before this step, once.
+        INSERT INTO kv (key, value) VALUES ('legacy_rows_to_seal', '1');
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -39,7 +39,7 @@ class ConfigReloader:
             return ReloadOutcome(applied=False, problems=tuple(exc.problems))
         old = self._pipeline.settings
         settings = replace(
-            Settings.from_config(new, old.advice_team_room, old.keyring),
+            Settings.from_config(new, old.advice_team_room),
             allowed_homeservers=old.allowed_homeservers,
         )
         changes = _role_changes(self._current, new) + [

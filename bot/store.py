@@ -5,24 +5,50 @@ a power cut), and a lock so that a transaction is never interleaved with another
 coroutine's statements. Work happens in `transaction()` blocks: a use case either
 commits whole (record, running-record entries, outgoing messages, inbox row marked done)
 or not at all.
+
+What is stored (docs/SECURITY.md): every column that can hold personal data
+(`referrals.form`, `record_entries.detail`, `outbox.content`, `inbox.payload`) is
+encrypted here with the `Keyring`, bound to its row, so callers only ever see plain
+values and nothing personal reaches the file in clear. Each running-record entry carries
+a keyed hash chained to the previous entry of the same referral.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+from cryptography.exceptions import InvalidTag
 
+from bot.keyring import Keyring
 from bot.migrations import LATEST_VERSION, MIGRATIONS
 from handlers.ports import Incoming, OutgoingMessage
+
+# A value encrypted with the database key, so that a wrong key is refused at start rather
+# than on the first referral.
+KEY_CHECK = "database_key_check"
+KEY_CHECK_TEXT = "referral-bot database key check"
+# Set by migration step 3: rows written before field encryption still have to be sealed.
+SEAL_FLAG = "legacy_rows_to_seal"
+SYSTEM_ACTOR = "referral-bot"
+
+
+class WrongDatabaseKey(Exception):
+    """The configured database key is not the one this database was encrypted with."""
+
+
+class DatabaseInUse(Exception):
+    """Another process (a running bot) holds the database."""
 
 
 def _now() -> datetime:
@@ -36,6 +62,37 @@ def _iso(dt: datetime) -> str:
 def _dumps(data: Any) -> str:
     # ensure_ascii keeps lone surrogates and other odd text storable as valid UTF-8.
     return json.dumps(data, ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+
+
+# Encryption contexts: each ciphertext is bound to its column and its row, so a value
+# copied into another row (or column) does not decrypt.
+def _ctx_form(event_id: str) -> str:
+    return f"referrals.form:{event_id}"
+
+
+def _ctx_detail(referral_id: int) -> str:
+    return f"record_entries.detail:{referral_id}"
+
+
+def _ctx_content(txn_id: str) -> str:
+    return f"outbox.content:{txn_id}"
+
+
+def _ctx_payload(event_id: str) -> str:
+    return f"inbox.payload:{event_id}"
+
+
+def child_key_of(keyring: Keyring, form: dict[str, Any]) -> str | None:
+    """The keyed hash of the child's name and date of birth in a stored form."""
+    child = form.get("child")
+    if not isinstance(child, dict) or not isinstance(child.get("full_name"), str):
+        return None
+    born = child.get("date_of_birth")
+    try:
+        born_date = date.fromisoformat(born) if isinstance(born, str) else None
+    except ValueError:
+        born_date = None
+    return keyring.child_key(child["full_name"], born_date)
 
 
 @dataclass(frozen=True)
@@ -146,7 +203,7 @@ class RoomJob:
     attempts: int
 
 
-def _meeting(r: aiosqlite.Row) -> Meeting:
+def _meeting(r: aiosqlite.Row, keyring: Keyring) -> Meeting:
     return Meeting(
         id=r["id"],
         referral_id=r["referral_id"],
@@ -158,11 +215,13 @@ def _meeting(r: aiosqlite.Row) -> Meeting:
         state=r["state"],
         created_at=datetime.fromisoformat(r["created_at"]),
         closed_at=_dt(r["closed_at"]),
-        close_note=r["close_note"],
+        close_note=(
+            keyring.decrypt(r["close_note"], _ctx_close_note(r["id"])) if r["close_note"] else None
+        ),
     )
 
 
-def _item(r: aiosqlite.Row) -> MeetingItem:
+def _item(r: aiosqlite.Row, keyring: Keyring) -> MeetingItem:
     return MeetingItem(
         id=r["id"],
         number=r["number"],
@@ -170,7 +229,7 @@ def _item(r: aiosqlite.Row) -> MeetingItem:
         author=r["author"],
         agency=r["agency"],
         at=datetime.fromisoformat(r["at"]),
-        text=r["text"],
+        text=keyring.decrypt(r["text"], _ctx_item(r["meeting_id"])),
         owner=r["owner"],
         due=r["due"],
         done_at=_dt(r["done_at"]),
@@ -204,8 +263,22 @@ def _dt(value: str | None) -> datetime | None:
     return None if value is None else datetime.fromisoformat(value)
 
 
-def _referral(row: aiosqlite.Row) -> Referral:
+def _ctx_pending(referral_id: int) -> str:
+    return f"referrals.pending_reclassification:{referral_id}"
+
+
+def _ctx_item(meeting_id: int) -> str:
+    return f"meeting_items.text:{meeting_id}"
+
+
+def _ctx_close_note(meeting_id: int) -> str:
+    return f"meetings.close_note:{meeting_id}"
+
+
+def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
     pending = row["pending_reclassification"]
+    if pending:
+        pending = keyring.decrypt(pending, _ctx_pending(row["id"]))
     return Referral(
         id=row["id"],
         ref=row["ref"],
@@ -219,7 +292,7 @@ def _referral(row: aiosqlite.Row) -> Referral:
         immediate_danger=bool(row["immediate_danger"]),
         state=row["state"],
         decision_due=datetime.fromisoformat(row["decision_due"]),
-        form=json.loads(row["form"]),
+        form=json.loads(keyring.decrypt(row["form"], _ctx_form(row["event_id"]))),
         claimed_by=row["claimed_by"],
         rag=row["rag"],
         outcome=row["outcome"],
@@ -240,8 +313,9 @@ def _referral(row: aiosqlite.Row) -> Referral:
 class Tx:
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
 
-    def __init__(self, db: aiosqlite.Connection, now: datetime) -> None:
+    def __init__(self, db: aiosqlite.Connection, now: datetime, keyring: Keyring) -> None:
         self._db = db
+        self._keyring = keyring
         self.now = now
         # Rooms that got a new outgoing message in this transaction.
         self.touched_rooms: set[str] = set()
@@ -292,7 +366,7 @@ class Tx:
                     item.origin_ts,
                     int(item.room_encrypted),
                     item.state,
-                    _dumps(item.payload),
+                    self._keyring.encrypt(_dumps(item.payload), _ctx_payload(item.event_id)),
                     _iso(self.now),
                 ),
             )
@@ -313,7 +387,7 @@ class Tx:
             row = await cur.fetchone()
         if row is None:
             return None
-        payload = json.loads(row["payload"])
+        payload = json.loads(self._keyring.decrypt(row["payload"], _ctx_payload(row["event_id"])))
         return Incoming(
             seq=row["seq"],
             event_id=row["event_id"],
@@ -346,18 +420,29 @@ class Tx:
 
     async def undecrypted(self, limit: int = 200) -> list[UndecryptedItem]:
         async with self._db.execute(
-            "SELECT seq, room_id, payload FROM inbox WHERE state = 'undecrypted'"
+            "SELECT seq, event_id, room_id, payload FROM inbox WHERE state = 'undecrypted'"
             " ORDER BY seq LIMIT ?",
             (limit,),
         ) as cur:
             rows = await cur.fetchall()
-        return [UndecryptedItem(r["seq"], r["room_id"], json.loads(r["payload"])) for r in rows]
+        return [
+            UndecryptedItem(
+                r["seq"],
+                r["room_id"],
+                json.loads(self._keyring.decrypt(r["payload"], _ctx_payload(r["event_id"]))),
+            )
+            for r in rows
+        ]
 
     async def set_decrypted(self, seq: int, payload: dict[str, Any]) -> None:
+        async with self._db.execute("SELECT event_id FROM inbox WHERE seq = ?", (seq,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return
         await self._db.execute(
             "UPDATE inbox SET state = 'pending', payload = ?"
             " WHERE seq = ? AND state = 'undecrypted'",
-            (_dumps(payload), seq),
+            (self._keyring.encrypt(_dumps(payload), _ctx_payload(row["event_id"])), seq),
         )
 
     # -- referrals ---------------------------------------------------------------------
@@ -388,9 +473,9 @@ class Tx:
         rag: str | None = None,
         channel: str = "matrix",
         written_followup_due: datetime | None = None,
-        child_key: str | None = None,
         agency: str | None = None,
     ) -> int:
+        """Insert a referral; its child_key is computed here from the form."""
         cur = await self._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
             " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
@@ -409,11 +494,11 @@ class Tx:
                 declared_type,
                 int(immediate_danger),
                 _iso(decision_due),
-                _dumps(form),
+                self._keyring.encrypt(_dumps(form), _ctx_form(event_id)),
                 rag,
                 channel,
                 None if written_followup_due is None else _iso(written_followup_due),
-                child_key,
+                child_key_of(self._keyring, form),
                 agency,
             ),
         )
@@ -425,12 +510,12 @@ class Tx:
             "SELECT * FROM referrals WHERE event_id = ?", (event_id,)
         ) as cur:
             row = await cur.fetchone()
-        return None if row is None else _referral(row)
+        return None if row is None else _referral(row, self._keyring)
 
     async def referral_by_ref(self, ref: str) -> Referral | None:
         async with self._db.execute("SELECT * FROM referrals WHERE ref = ?", (ref,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else _referral(row)
+        return None if row is None else _referral(row, self._keyring)
 
     async def open_referrals(self) -> list[Referral]:
         """Unclaimed and claimed-but-undecided referrals, oldest first."""
@@ -438,7 +523,7 @@ class Tx:
             "SELECT * FROM referrals WHERE state IN ('received', 'claimed')"
             " ORDER BY received_at, id"
         ) as cur:
-            return [_referral(r) for r in await cur.fetchall()]
+            return [_referral(r, self._keyring) for r in await cur.fetchall()]
 
     async def referrals_of_child(self, referral: Referral) -> list[Referral]:
         """Every record about the same child: same keyed hash, plus links made by hand,
@@ -464,7 +549,7 @@ class Tx:
             f"SELECT * FROM referrals WHERE id IN ({marks}) ORDER BY received_at, id",  # noqa: S608
             tuple(ids),
         ) as cur:
-            return [_referral(r) for r in await cur.fetchall()]
+            return [_referral(r, self._keyring) for r in await cur.fetchall()]
 
     async def set_link(self, a: int, b: int, *, linked: bool, by: str) -> None:
         low, high = sorted((a, b))
@@ -523,7 +608,12 @@ class Tx:
     ) -> None:
         await self._db.execute(
             "UPDATE referrals SET pending_reclassification = ? WHERE id = ?",
-            (None if pending is None else _dumps(pending), referral_id),
+            (
+                None
+                if pending is None
+                else self._keyring.encrypt(_dumps(pending), _ctx_pending(referral_id)),
+                referral_id,
+            ),
         )
 
     async def mark_reminded(self, referral_id: int) -> None:
@@ -551,14 +641,14 @@ class Tx:
             " AND written_followup_due <= ? AND followup_flagged_at IS NULL",
             (_iso(self.now),),
         ) as cur:
-            return [_referral(r) for r in await cur.fetchall()]
+            return [_referral(r, self._keyring) for r in await cur.fetchall()]
 
     # -- strategy meetings -----------------------------------------------------------------
 
     async def referral_by_id(self, referral_id: int) -> Referral | None:
         async with self._db.execute("SELECT * FROM referrals WHERE id = ?", (referral_id,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else _referral(row)
+        return None if row is None else _referral(row, self._keyring)
 
     async def insert_meeting(
         self, *, referral_id: int, event_id: str, chair: str, called_by: str, scheduled: str | None
@@ -575,22 +665,22 @@ class Tx:
     async def meeting(self, meeting_id: int) -> Meeting | None:
         async with self._db.execute("SELECT * FROM meetings WHERE id = ?", (meeting_id,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else _meeting(row)
+        return None if row is None else _meeting(row, self._keyring)
 
     async def meeting_by_room(self, room_id: str) -> Meeting | None:
         async with self._db.execute("SELECT * FROM meetings WHERE room_id = ?", (room_id,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else _meeting(row)
+        return None if row is None else _meeting(row, self._keyring)
 
     async def meetings_of(self, referral_id: int) -> list[Meeting]:
         async with self._db.execute(
             "SELECT * FROM meetings WHERE referral_id = ? ORDER BY id", (referral_id,)
         ) as cur:
-            return [_meeting(r) for r in await cur.fetchall()]
+            return [_meeting(r, self._keyring) for r in await cur.fetchall()]
 
     async def open_meetings(self) -> list[Meeting]:
         async with self._db.execute("SELECT * FROM meetings WHERE state = 'open'") as cur:
-            return [_meeting(r) for r in await cur.fetchall()]
+            return [_meeting(r, self._keyring) for r in await cur.fetchall()]
 
     async def set_meeting_room(self, meeting_id: int, room_id: str) -> None:
         await self._db.execute(
@@ -604,7 +694,11 @@ class Tx:
     async def close_meeting(self, meeting_id: int, note: str | None) -> None:
         await self._db.execute(
             "UPDATE meetings SET state = 'closed', closed_at = ?, close_note = ? WHERE id = ?",
-            (_iso(self.now), note, meeting_id),
+            (
+                _iso(self.now),
+                None if note is None else self._keyring.encrypt(note, _ctx_close_note(meeting_id)),
+                meeting_id,
+            ),
         )
 
     async def add_participant(
@@ -657,20 +751,30 @@ class Tx:
         cur = await self._db.execute(
             "INSERT INTO meeting_items (meeting_id, number, kind, author, agency, at, text, owner,"
             " due) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (meeting_id, number, kind, author, agency, _iso(self.now), text, owner, due),
+            (
+                meeting_id,
+                number,
+                kind,
+                author,
+                agency,
+                _iso(self.now),
+                self._keyring.encrypt(text, _ctx_item(meeting_id)),
+                owner,
+                due,
+            ),
         )
         async with self._db.execute(
             "SELECT * FROM meeting_items WHERE id = ?", (cur.lastrowid,)
         ) as c2:
             row = await c2.fetchone()
         assert row is not None
-        return _item(row)
+        return _item(row, self._keyring)
 
     async def items(self, meeting_id: int) -> list[MeetingItem]:
         async with self._db.execute(
             "SELECT * FROM meeting_items WHERE meeting_id = ? ORDER BY id", (meeting_id,)
         ) as cur:
-            return [_item(r) for r in await cur.fetchall()]
+            return [_item(r, self._keyring) for r in await cur.fetchall()]
 
     async def complete_action(self, meeting_id: int, number: int, by: str) -> bool:
         cur = await self._db.execute(
@@ -695,7 +799,7 @@ class Tx:
             ) as cur2:
                 item_row = await cur2.fetchone()
             assert item_row is not None
-            result.append((_meeting(r), _item(item_row)))
+            result.append((_meeting(r, self._keyring), _item(item_row, self._keyring)))
         return result
 
     async def mark_action_reminded(self, item_id: int, *, overdue: bool) -> None:
@@ -739,10 +843,27 @@ class Tx:
     async def append_record(
         self, referral_id: int, actor: str, kind: str, detail: dict[str, Any] | None = None
     ) -> None:
+        """Add an entry to a referral's running record, chained to the entry before it."""
+        async with self._db.execute(
+            "SELECT hash FROM record_entries WHERE referral_id = ? ORDER BY id DESC LIMIT 1",
+            (referral_id,),
+        ) as cur:
+            last = await cur.fetchone()
+        prev_hash = "" if last is None else str(last[0])
+        at = _iso(self.now)
+        text = _dumps(detail or {})
         await self._db.execute(
-            "INSERT INTO record_entries (referral_id, at, actor, kind, detail)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (referral_id, _iso(self.now), actor, kind, _dumps(detail or {})),
+            "INSERT INTO record_entries (referral_id, at, actor, kind, detail, prev_hash, hash)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                referral_id,
+                at,
+                actor,
+                kind,
+                self._keyring.encrypt(text, _ctx_detail(referral_id)),
+                prev_hash,
+                self._keyring.chain_hash(prev_hash, referral_id, at, actor, kind, text),
+            ),
         )
 
     async def record_of(self, referral_id: int) -> list[RecordEntry]:
@@ -757,7 +878,7 @@ class Tx:
                 at=datetime.fromisoformat(r["at"]),
                 actor=r["actor"],
                 kind=r["kind"],
-                detail=json.loads(r["detail"]),
+                detail=json.loads(self._keyring.decrypt(r["detail"], _ctx_detail(referral_id))),
             )
             for r in rows
         ]
@@ -778,7 +899,7 @@ class Tx:
             (
                 txn_id,
                 message.room_id,
-                _dumps(message.to_json()),
+                self._keyring.encrypt(_dumps(message.to_json()), _ctx_content(txn_id)),
                 int(message.sensitive),
                 referral_id,
                 purpose,
@@ -800,7 +921,9 @@ class Tx:
             OutboxRow(
                 id=r["id"],
                 txn_id=r["txn_id"],
-                message=OutgoingMessage.from_json(json.loads(r["content"])),
+                message=OutgoingMessage.from_json(
+                    json.loads(self._keyring.decrypt(r["content"], _ctx_content(r["txn_id"])))
+                ),
                 referral_id=r["referral_id"],
                 purpose=r["purpose"],
                 attempts=r["attempts"],
@@ -823,7 +946,7 @@ class Tx:
         if row.referral_id is not None:
             await self.append_record(
                 row.referral_id,
-                "referral-bot",
+                SYSTEM_ACTOR,
                 f"{row.purpose}_sent",
                 {"event_id": event_id, "room_id": row.message.room_id},
             )
@@ -836,7 +959,7 @@ class Tx:
         )
         if row.referral_id is not None:
             await self.append_record(
-                row.referral_id, "referral-bot", f"{row.purpose}_refused", {"reason": reason}
+                row.referral_id, SYSTEM_ACTOR, f"{row.purpose}_refused", {"reason": reason}
             )
 
     async def mark_failed(self, row: OutboxRow, error: str) -> None:
@@ -850,35 +973,490 @@ class Tx:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    # -- maintenance: verify, rotate-key, purge (bot/maintenance.py) -------------------
+
+    @asynccontextmanager
+    async def append_only_lifted(self) -> AsyncIterator[None]:
+        """Lift the running record's append-only triggers for the rest of this transaction.
+
+        Only key rotation, retention purges and sealing old rows use this. The triggers are
+        dropped and recreated from their own stored SQL inside the open transaction, so no
+        other connection ever sees the table unguarded, and a failure rolls the drop back.
+        """
+        async with self._db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            " AND tbl_name = 'record_entries' ORDER BY name"
+        ) as cur:
+            triggers = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+        for name, _ in triggers:
+            await self._db.execute(f'DROP TRIGGER "{name}"')
+        yield
+        for _, sql in triggers:
+            await self._db.execute(sql)
+
+    async def check_chains(self) -> ChainReport:
+        """Check every referral: form readable, child key right, running record unbroken.
+
+        Per referral the first problem found is reported (a broken chain makes every later
+        entry of it unverifiable anyway).
+        """
+        keyring = self._keyring
+        report = ChainReport()
+        heads: dict[int, _ChainState] = {}
+        async with self._db.execute(
+            "SELECT id, ref, event_id, declared_type, declared_by, form, child_key"
+            " FROM referrals ORDER BY id"
+        ) as cur:
+            async for r in cur:
+                report.referrals += 1
+                state = _ChainState(
+                    ref=r["ref"],
+                    expect={
+                        "event_id": r["event_id"],
+                        "declared_type": r["declared_type"],
+                        "declared_by": r["declared_by"],
+                    },
+                )
+                heads[r["id"]] = state
+                try:
+                    form = json.loads(keyring.decrypt(r["form"], _ctx_form(r["event_id"])))
+                except (InvalidTag, ValueError):
+                    state.broken = True
+                    report.breaks.append(
+                        ChainBreak(
+                            r["ref"],
+                            None,
+                            "its form cannot be decrypted: changed by hand, "
+                            "copied from another row, or encrypted with another key",
+                        )
+                    )
+                    continue
+                if r["child_key"] != child_key_of(keyring, form):
+                    state.broken = True
+                    report.breaks.append(
+                        ChainBreak(r["ref"], None, "child_key does not match the child's details")
+                    )
+        async with self._db.execute(
+            "SELECT id, referral_id, at, actor, kind, detail, prev_hash, hash"
+            " FROM record_entries ORDER BY referral_id, id"
+        ) as cur:
+            async for e in cur:
+                report.entries += 1
+                if e["referral_id"] not in heads:  # foreign keys are off in a sqlite3 shell
+                    orphan = _ChainState(f"referral id {e['referral_id']}", {}, broken=True)
+                    heads[e["referral_id"]] = orphan
+                    report.breaks.append(
+                        ChainBreak(
+                            orphan.ref,
+                            e["id"],
+                            "it belongs to no referral (the referral was deleted by hand)",
+                        )
+                    )
+                state = heads[e["referral_id"]]
+                state.count += 1
+                if state.broken:
+                    continue
+                problem = _entry_problem(keyring, state, e)
+                if problem is not None:
+                    state.broken = True
+                    report.breaks.append(ChainBreak(state.ref, e["id"], problem))
+                else:
+                    state.last_hash = str(e["hash"])
+        for state in heads.values():
+            if state.count == 0 and not state.broken:
+                report.breaks.append(ChainBreak(state.ref, None, "it has no running record"))
+        return report
+
+    async def reencrypt_all(self, old: Keyring, new: Keyring) -> dict[str, int]:
+        """Re-encrypt every encrypted field and re-chain every running record with `new`.
+
+        Call inside one transaction, after `check_chains()` with the old key found nothing
+        broken: the chains are re-hashed with the new key, so a break left would be hidden.
+        """
+        counts = {"referrals": 0, "record_entries": 0, "outbox": 0, "inbox": 0}
+        async with self._db.execute("SELECT id, event_id, form FROM referrals") as cur:
+            referrals = list(await cur.fetchall())
+        for r in referrals:
+            text = old.decrypt(r["form"], _ctx_form(r["event_id"]))
+            await self._db.execute(
+                "UPDATE referrals SET form = ?, child_key = ? WHERE id = ?",
+                (
+                    new.encrypt(text, _ctx_form(r["event_id"])),
+                    child_key_of(new, json.loads(text)),
+                    r["id"],
+                ),
+            )
+            counts["referrals"] += 1
+        async with self.append_only_lifted():
+            for r in referrals:
+                counts["record_entries"] += await self._rechain(r["id"], old, new)
+        async with self._db.execute("SELECT id, txn_id, content FROM outbox") as cur:
+            outbox = list(await cur.fetchall())
+        for o in outbox:
+            text = old.decrypt(o["content"], _ctx_content(o["txn_id"]))
+            await self._db.execute(
+                "UPDATE outbox SET content = ? WHERE id = ?",
+                (new.encrypt(text, _ctx_content(o["txn_id"])), o["id"]),
+            )
+            counts["outbox"] += 1
+        async with self._db.execute(
+            "SELECT seq, event_id, payload FROM inbox WHERE payload IS NOT NULL"
+        ) as cur:
+            inbox = list(await cur.fetchall())
+        for i in inbox:
+            text = old.decrypt(i["payload"], _ctx_payload(i["event_id"]))
+            await self._db.execute(
+                "UPDATE inbox SET payload = ? WHERE seq = ?",
+                (new.encrypt(text, _ctx_payload(i["event_id"])), i["seq"]),
+            )
+            counts["inbox"] += 1
+        counts["workflow"] = await self._reencrypt_workflow(old, new)
+        await self.set_kv(KEY_CHECK, new.encrypt(KEY_CHECK_TEXT, KEY_CHECK))
+        return counts
+
+    async def _reencrypt_workflow(self, old: Keyring, new: Keyring) -> int:
+        """Pending reclassification reasons, meeting notes and close notes."""
+        done = 0
+        async with self._db.execute(
+            "SELECT id, pending_reclassification FROM referrals"
+            " WHERE pending_reclassification IS NOT NULL"
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for r in rows:
+            text = old.decrypt(r[1], _ctx_pending(r[0]))
+            await self._db.execute(
+                "UPDATE referrals SET pending_reclassification = ? WHERE id = ?",
+                (new.encrypt(text, _ctx_pending(r[0])), r[0]),
+            )
+            done += 1
+        async with self._db.execute("SELECT id, meeting_id, text FROM meeting_items") as cur:
+            rows = list(await cur.fetchall())
+        for r in rows:
+            text = old.decrypt(r[2], _ctx_item(r[1]))
+            await self._db.execute(
+                "UPDATE meeting_items SET text = ? WHERE id = ?",
+                (new.encrypt(text, _ctx_item(r[1])), r[0]),
+            )
+            done += 1
+        async with self._db.execute(
+            "SELECT id, close_note FROM meetings WHERE close_note IS NOT NULL"
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for r in rows:
+            text = old.decrypt(r[1], _ctx_close_note(r[0]))
+            await self._db.execute(
+                "UPDATE meetings SET close_note = ? WHERE id = ?",
+                (new.encrypt(text, _ctx_close_note(r[0])), r[0]),
+            )
+            done += 1
+        return done
+
+    async def _rechain(self, referral_id: int, old: Keyring | None, new: Keyring) -> int:
+        """Re-encrypt and re-hash one running record. `old=None`: details are plain JSON
+        (rows written before field encryption). The append-only guard must be lifted."""
+        async with self._db.execute(
+            "SELECT id, at, actor, kind, detail FROM record_entries"
+            " WHERE referral_id = ? ORDER BY id",
+            (referral_id,),
+        ) as cur:
+            entries = list(await cur.fetchall())
+        prev = ""
+        ctx = _ctx_detail(referral_id)
+        for e in entries:
+            stored = str(e["detail"])
+            if old is None:  # sealing: plain JSON, or already sealed with the current key
+                text = new.decrypt(stored, ctx) if Keyring.is_encrypted(stored) else stored
+            else:
+                text = old.decrypt(stored, ctx)
+            digest = new.chain_hash(prev, referral_id, e["at"], e["actor"], e["kind"], text)
+            await self._db.execute(
+                "UPDATE record_entries SET detail = ?, prev_hash = ?, hash = ? WHERE id = ?",
+                (new.encrypt(text, ctx), prev, digest, e["id"]),
+            )
+            prev = digest
+        return len(entries)
+
+    async def seal_legacy_rows(self) -> int:
+        """Encrypt and chain rows written before field encryption (migration step 3)."""
+        if await self.get_kv(SEAL_FLAG) is None:
+            return 0
+        sealed = 0
+        keyring = self._keyring
+        async with self._db.execute("SELECT id, event_id, form FROM referrals") as cur:
+            referrals = list(await cur.fetchall())
+        for r in referrals:
+            form = str(r["form"])
+            if Keyring.is_encrypted(form):
+                continue
+            await self._db.execute(
+                "UPDATE referrals SET form = ?, child_key = ? WHERE id = ?",
+                (
+                    keyring.encrypt(form, _ctx_form(r["event_id"])),
+                    child_key_of(keyring, json.loads(form)),
+                    r["id"],
+                ),
+            )
+            sealed += 1
+        async with self._db.execute(
+            "SELECT DISTINCT referral_id FROM record_entries WHERE hash IS NULL"
+        ) as cur:
+            unchained = [int(r[0]) for r in await cur.fetchall()]
+        async with self.append_only_lifted():
+            for referral_id in unchained:
+                sealed += await self._rechain(referral_id, None, keyring)
+        async with self._db.execute("SELECT id, txn_id, content FROM outbox") as cur:
+            for o in list(await cur.fetchall()):
+                if not Keyring.is_encrypted(str(o["content"])):
+                    await self._db.execute(
+                        "UPDATE outbox SET content = ? WHERE id = ?",
+                        (keyring.encrypt(o["content"], _ctx_content(o["txn_id"])), o["id"]),
+                    )
+                    sealed += 1
+        async with self._db.execute(
+            "SELECT seq, event_id, payload FROM inbox WHERE payload IS NOT NULL"
+        ) as cur:
+            for i in list(await cur.fetchall()):
+                if not Keyring.is_encrypted(str(i["payload"])):
+                    await self._db.execute(
+                        "UPDATE inbox SET payload = ? WHERE seq = ?",
+                        (keyring.encrypt(i["payload"], _ctx_payload(i["event_id"])), i["seq"]),
+                    )
+                    sealed += 1
+        await self._db.execute("DELETE FROM kv WHERE key = ?", (SEAL_FLAG,))
+        return sealed
+
+    async def purge_plan(self, cutoffs: PurgeCutoffs) -> PurgePlan:
+        """What the retention rules would remove now. Nothing is changed."""
+        plan = PurgePlan()
+        for record_class, before in (
+            ("contact", cutoffs.contact_before),
+            ("child protection referral", cutoffs.child_protection_before),
+        ):
+            if before is None:
+                continue
+            async with self._db.execute(
+                "SELECT id, ref, received_at FROM referrals"
+                " WHERE current_type = ? AND received_at < ? ORDER BY id",
+                (record_class, _iso(before)),
+            ) as cur:
+                plan.referrals.extend(
+                    PurgedReferral(int(r["id"]), r["ref"], record_class, r["received_at"])
+                    for r in await cur.fetchall()
+                )
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM inbox WHERE state = 'done' AND handled_at < ?",
+            (_iso(cutoffs.inbox_before),),
+        ) as cur:
+            row = await cur.fetchone()
+            plan.inbox_rows = int(row[0]) if row else 0
+        going = {p.id for p in plan.referrals}
+        async with self._db.execute(
+            "SELECT referral_id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+            (_iso(cutoffs.outbox_before),),
+        ) as cur:
+            plan.outbox_rows = sum(1 for r in await cur.fetchall() if r[0] not in going)
+        return plan
+
+    async def purge(self, cutoffs: PurgeCutoffs, rules: dict[str, str]) -> PurgePlan:
+        """Remove what `purge_plan` lists: referrals with their running record and messages,
+        handled inbox rows and sent messages. A line per referral goes to purged_referrals."""
+        plan = await self.purge_plan(cutoffs)
+        async with self.append_only_lifted():
+            for p in plan.referrals:
+                await self._db.execute("DELETE FROM outbox WHERE referral_id = ?", (p.id,))
+                await self._db.execute("DELETE FROM record_entries WHERE referral_id = ?", (p.id,))
+                await self._db.execute(
+                    "DELETE FROM referral_links WHERE low_id = ? OR high_id = ?", (p.id, p.id)
+                )
+                for table in ("meeting_items", "meeting_participants", "room_jobs"):
+                    await self._db.execute(
+                        f"DELETE FROM {table} WHERE meeting_id IN"  # noqa: S608
+                        " (SELECT id FROM meetings WHERE referral_id = ?)",
+                        (p.id,),
+                    )
+                await self._db.execute("DELETE FROM meetings WHERE referral_id = ?", (p.id,))
+                await self._db.execute("DELETE FROM referrals WHERE id = ?", (p.id,))
+                await self._db.execute(
+                    "INSERT INTO purged_referrals (ref, record_class, received_at, purged_at,"
+                    " rule) VALUES (?, ?, ?, ?, ?)",
+                    (p.ref, p.record_class, p.received_at, _iso(self.now), rules[p.record_class]),
+                )
+        await self._db.execute(
+            "DELETE FROM inbox WHERE state = 'done' AND handled_at < ?",
+            (_iso(cutoffs.inbox_before),),
+        )
+        await self._db.execute(
+            "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
+            (_iso(cutoffs.outbox_before),),
+        )
+        return plan
+
+
+@dataclass
+class _ChainState:
+    ref: str
+    expect: dict[str, str]
+    last_hash: str = ""
+    count: int = 0
+    broken: bool = False
+
+
+def _entry_problem(keyring: Keyring, state: _ChainState, e: aiosqlite.Row) -> str | None:
+    if e["prev_hash"] != state.last_hash:
+        return "it does not follow the entry before it (an entry was removed, inserted or moved)"
+    try:
+        text = keyring.decrypt(e["detail"], _ctx_detail(e["referral_id"]))
+    except (InvalidTag, ValueError):
+        return "its detail cannot be decrypted (changed by hand or copied from elsewhere)"
+    expected = keyring.chain_hash(
+        state.last_hash, e["referral_id"], e["at"], e["actor"], e["kind"], text
+    )
+    if e["hash"] != expected:
+        return "its hash does not match its content (the entry was changed)"
+    if state.count == 1:
+        detail = json.loads(text)
+        if (
+            e["kind"] != "received"
+            or not isinstance(detail, dict)
+            or any(detail.get(k) != v for k, v in state.expect.items())
+        ):
+            return (
+                "the referral's event, declared type or declared-by differ from "
+                "its 'received' entry (the referral row was changed)"
+            )
+    return None
+
+
+@dataclass(frozen=True)
+class ChainBreak:
+    ref: str
+    entry_id: int | None  # None: the problem is in the referral row itself
+    problem: str
+
+
+@dataclass
+class ChainReport:
+    referrals: int = 0
+    entries: int = 0
+    breaks: list[ChainBreak] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class PurgeCutoffs:
+    """Anything older than these goes. None: that record class is kept for ever."""
+
+    contact_before: datetime | None
+    child_protection_before: datetime | None
+    inbox_before: datetime
+    outbox_before: datetime
+
+
+@dataclass(frozen=True)
+class PurgedReferral:
+    id: int
+    ref: str
+    record_class: str
+    received_at: str
+
+
+@dataclass
+class PurgePlan:
+    referrals: list[PurgedReferral] = field(default_factory=list)
+    inbox_rows: int = 0
+    outbox_rows: int = 0
+
 
 class Store:
-    """Owns the database file. Open with `await Store.open(path)`."""
+    """Owns the database file. Open with `await Store.open(path, keyring)`.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    The bot (and `rotate-key`) open it `exclusive`: a lock file beside the database keeps
+    a second bot, or a key rotation, away while a bot runs.
+    """
+
+    def __init__(
+        self, db: aiosqlite.Connection, path: Path, keyring: Keyring, lock_fd: int | None
+    ) -> None:
         self._db = db
         self.path = path
+        self.keyring = keyring
         self._lock = asyncio.Lock()
+        self._lock_fd = lock_fd
         self.clock = _now
 
     @classmethod
-    async def open(cls, path: Path) -> Store:
+    async def open(cls, path: Path, keyring: Keyring, *, exclusive: bool = True) -> Store:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fresh = not path.exists()
-        db = await aiosqlite.connect(path, isolation_level=None)
-        if fresh:
-            os.chmod(path, 0o600)
-        db.row_factory = aiosqlite.Row
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = FULL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await db.execute("PRAGMA busy_timeout = 5000")
-        store = cls(db, path)
-        await store.migrate()
+        lock_fd = _take_lock(path) if exclusive else None
+        try:
+            _private_file(path)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except BaseException:
+            _release_lock(lock_fd)
+            raise
+        store = cls(db, path, keyring, lock_fd)
+        try:
+            db.row_factory = aiosqlite.Row
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            # Deleted and overwritten content is zeroed, so purged or re-encrypted values
+            # do not linger in free pages.
+            await db.execute("PRAGMA secure_delete = ON")
+            await store.migrate()
+            await store._check_key()
+            async with store.transaction() as tx:
+                sealed = await tx.seal_legacy_rows()
+            if sealed:
+                await store.compact()
+            store.fix_permissions()
+        except BaseException:
+            await store.close()
+            raise
         return store
+
+    async def _check_key(self) -> None:
+        async with self.transaction() as tx:
+            check = await tx.get_kv(KEY_CHECK)
+            if check is None:
+                await tx.set_kv(KEY_CHECK, self.keyring.encrypt(KEY_CHECK_TEXT, KEY_CHECK))
+                return
+        try:
+            self.keyring.decrypt(check, KEY_CHECK)
+        except (InvalidTag, ValueError):
+            raise WrongDatabaseKey(
+                f"storage.database_key does not decrypt {self.path}: it was encrypted with "
+                "another key (after rotate-key, point the config at the new key)"
+            ) from None
+
+    def fix_permissions(self) -> None:
+        """The database and SQLite's -wal and -shm files: owner only."""
+        for suffix in ("", "-wal", "-shm"):
+            f = self.path.with_name(self.path.name + suffix)
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(f, 0o600)
+
+    async def compact(self, *, vacuum: bool = True) -> None:
+        """Copy the WAL into the file and truncate it (and rebuild the file without free
+        pages), so old page images (plain text before sealing, old ciphertext before a key
+        rotation, purged rows) do not stay behind in either file. With `secure_delete` on,
+        a checkpoint alone already overwrites freed content; VACUUM needs the bot stopped."""
+        async with self._lock:
+            await self._checkpoint()
+            if vacuum:
+                await self._db.execute("VACUUM")
+                await self._checkpoint()
+
+    async def _checkpoint(self) -> None:
+        # The pragma returns a row; reading it to the end finishes the statement.
+        async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
+            await cur.fetchall()
 
     async def close(self) -> None:
         async with self._lock:
             await self._db.close()
+        _release_lock(self._lock_fd)
+        self._lock_fd = None
 
     async def schema_version(self) -> int:
         async with self._db.execute("PRAGMA user_version") as cur:
@@ -910,11 +1488,45 @@ class Store:
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                yield Tx(self._db, self.clock())
+                yield Tx(self._db, self.clock(), self.keyring)
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[Tx]:
+        """A read-only view that does not hold up a running bot's writes (WAL snapshot)."""
+        async with self._lock:
+            await self._db.execute("BEGIN DEFERRED")
+            try:
+                yield Tx(self._db, self.clock(), self.keyring)
+            finally:
+                await self._db.execute("ROLLBACK")
+
+
+def _private_file(path: Path) -> None:
+    """Create the database file owner-only before SQLite opens it (no 0644 moment)."""
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    os.chmod(path, 0o600)
+
+
+def _take_lock(path: Path) -> int:
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DatabaseInUse(
+            f"{path} is in use by another referral-bot process; stop the bot first"
+        ) from None
+    return fd
+
+
+def _release_lock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def _split_sql(script: str) -> list[str]:

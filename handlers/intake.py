@@ -64,7 +64,6 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         rag="red" if form.immediate_danger else None,
         channel="phone" if phone else "matrix",
         written_followup_due=followup_due,
-        child_key=settings.keyring.child_key(form.child.full_name, form.child.date_of_birth),
         agency=form.referrer.agency,
     )
     await tx.append_record(

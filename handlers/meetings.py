@@ -88,8 +88,15 @@ async def start_meeting(
     wanted = list(
         dict.fromkeys([*settings.meetings.required_agencies, *_agencies_named(referral, settings)])
     )
-    if referral.form.get("child", {}).get("school") and "education" not in wanted:
-        wanted.append("education")
+    # The child's school and GP, when known, are asked through their agencies' leads.
+    child = referral.form.get("child", {})
+    for field, key in (("school", "education"), ("gp", "gp")):
+        if (
+            child.get(field)
+            and key not in wanted
+            and (key in settings.agencies or key == "education")
+        ):
+            wanted.append(key)
     for key in wanted:
         agency = settings.agencies.get(key)
         lead = agency.safeguarding_lead if agency else None

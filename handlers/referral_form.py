@@ -138,6 +138,15 @@ FIELDS: tuple[FieldSpec, ...] = (
         aliases=("School or nursery", "Nursery"),
     ),
     FieldSpec(
+        "child.gp",
+        "GP",
+        False,
+        "optional",
+        "the child's GP practice, if known",
+        SCHOOL_MAX,
+        aliases=("GP practice", "Child's GP", "Doctor"),
+    ),
+    FieldSpec(
         "referral_type",
         "Referral type",
         True,
@@ -736,6 +745,7 @@ class _Reader:
         self.child_age()
         self.store_text("child.address")
         self.store_text("child.school")
+        self.store_text("child.gp")
         self.referral_type()
 
         concerns = self.concerns()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from bot.keyring import Keyring
 from schemas.config import (
     AgencyConfig,
     Config,
@@ -37,10 +36,9 @@ class Settings:
         default_factory=lambda: MeetingsConfig(required_agencies=[], must_account_for=[])
     )
     allowed_homeservers: frozenset[str] = frozenset({"example.org"})
-    keyring: Keyring = field(default_factory=lambda: Keyring("unit-test-database-key"))
 
     @classmethod
-    def from_config(cls, config: Config, advice_team_room: str, keyring: Keyring) -> Settings:
+    def from_config(cls, config: Config, advice_team_room: str) -> Settings:
         return cls(
             bot_user_id=config.bot.user_id,
             advice_team_room=advice_team_room,
@@ -56,7 +54,6 @@ class Settings:
             disagreement=config.disagreement,
             meetings=config.meetings,
             allowed_homeservers=frozenset(config.access.allowed_homeservers),
-            keyring=keyring,
         )
 
     def is_allowed(self, user_id: str) -> bool:

@@ -35,6 +35,7 @@ def form_rows(form: dict[str, Any]) -> list[tuple[str, str]]:
         ("Child", f"{child.get('full_name', '')} ({age})"),
         ("Address", str(child.get("address", ""))),
         ("School", str(child.get("school") or "not given")),
+        ("GP", str(child.get("gp") or "not given")),
         ("Concerns", ", ".join(form.get("concerns", []))),
     ]
     if form.get("concern_other"):

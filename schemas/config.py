@@ -197,6 +197,21 @@ class MeetingsConfig(_Strict):
     action_reminder_days: Annotated[int, Field(ge=0, le=30)] = 1
 
 
+class RetentionConfig(_Strict):
+    """How long each class of record is kept. `referral-bot purge` applies it, never the bot.
+
+    A referral's age is counted from when it was received, by what it is recorded as now.
+    Left out, a referral class is kept for ever.
+    """
+
+    contact_years: Annotated[int, Field(ge=1, le=100)] | None = None
+    child_protection_years: Annotated[int, Field(ge=1, le=100)] | None = None
+    # Handled inbox rows keep only event IDs (no text): they let a re-delivered event be
+    # recognised. Sent messages keep their (encrypted) text until then.
+    handled_inbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    sent_outbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -214,6 +229,7 @@ class Config(_Strict):
     pattern: PatternConfig = PatternConfig()
     disagreement: DisagreementConfig = DisagreementConfig()
     meetings: MeetingsConfig = MeetingsConfig()
+    retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("agencies")

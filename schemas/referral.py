@@ -139,6 +139,7 @@ class ChildDetails(_FormModel):
     unborn_due_date: date | None = None
     address: Address = Field(description="the child's address, or at least a postcode")
     school: School | None = None
+    gp: School | None = Field(default=None, description="the child's GP practice")
 
     @model_validator(mode="after")
     def _exactly_one_age(self) -> ChildDetails:

@@ -13,6 +13,7 @@ from bot.store import InboxItem, Store
 from bot.timers import tick
 from handlers.ports import OutgoingMessage
 from handlers.settings import Settings
+from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger
 
 TEAM_ROOM = "!team:example.org"
@@ -36,7 +37,7 @@ class Harness:
 
     @classmethod
     async def open(cls, path: Path, **settings: object) -> Harness:
-        store = await Store.open(path)
+        store = await Store.open(path, KEYRING)
         messenger = MemoryMessenger()
         base = Settings(
             bot_user_id="@bot:example.org",

@@ -15,6 +15,7 @@ from bot.store import InboxItem, Store
 from handlers import intake
 from handlers.settings import Settings
 from tests.forms import referral
+from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger
 
 DM = "!dm:example.org"
@@ -26,7 +27,7 @@ TS = int(datetime(2026, 11, 25, 10, 0, tzinfo=UTC).timestamp() * 1000)
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "referrals.db")
+    s = await Store.open(tmp_path / "referrals.db", KEYRING)
     yield s
     await s.close()
 
@@ -228,12 +229,12 @@ async def test_user_text_cannot_inject_markup_or_ping_the_room(
 async def test_restart_resumes_unhandled_events_and_unsent_messages(
     tmp_path: Path,
 ) -> None:
-    store = await Store.open(tmp_path / "r.db")
+    store = await Store.open(tmp_path / "r.db", KEYRING)
     async with store.transaction() as tx:
         await tx.add_inbox([InboxItem("$e", DM, NURSE, TS, True, "pending", {"body": referral()})])
     await store.close()  # "crash" before any worker ran
 
-    store = await Store.open(tmp_path / "r.db")
+    store = await Store.open(tmp_path / "r.db", KEYRING)
     messenger = MemoryMessenger(encrypted_rooms={DM, TEAM})
     pipeline = Pipeline(store, Settings("@bot:example.org", TEAM), messenger)
     await pipeline.resume()

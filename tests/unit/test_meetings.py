@@ -216,3 +216,49 @@ async def test_invites_and_chair_changes(h: Harness) -> None:
     assert (room, WORKER2) in h.messenger.moderators
     e = await h.send("@stranger:example.org", "!minutes", room=room)
     assert "Only people invited" in h.reply(e)
+
+
+async def test_the_childs_gp_is_invited_when_known(tmp_path: Path) -> None:
+    gp_lead = "@gp-lead:example.org"
+    h = await Harness.open(
+        tmp_path / "g.db",
+        agencies={**AGENCIES, "gp": AgencyConfig(name="GP practices", safeguarding_lead=gp_lead)},
+        meetings=MeetingsConfig(required_agencies=["police"], must_account_for=[]),
+    )
+    root = await h.send(NURSE, referral(School=None, GP="Example Surgery"))
+    ref = re.findall(r"REF-\d{4}-\d{6}", h.replies_to(root)[0].body)[0]
+    await h.send(WORKER, f"!strategy {ref}")
+    _, spec = h.messenger.created[-1]
+    assert gp_lead in spec.invite and SCHOOL not in spec.invite
+    await h.store.close()
+
+
+async def test_meeting_notes_and_reasons_are_encrypted_at_rest_and_survive_rotation(
+    h: Harness,
+) -> None:
+    from bot.keyring import Keyring
+    from bot.store import Store
+    from tests.keys import KEYRING
+
+    _, ref, room = await meeting_for(h)
+    await h.send(WORKER, "!views child Zebedee-secret said he is frightened.", room=room)
+    await h.send(WORKER, f"!reclassify {ref} contact Quokka-reason thresholds not met.")
+    db = h.store.path
+    raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    assert b"Zebedee-secret" not in raw and b"Quokka-reason" not in raw
+
+    new = Keyring("a-brand-new-database-key-" + "z" * 20)
+    async with h.store.transaction() as tx:
+        await tx.reencrypt_all(KEYRING, new)
+    await h.store.close()
+    store = await Store.open(db, new)
+    async with store.transaction() as tx:
+        meeting = await tx.meeting_by_room(room)
+        assert meeting is not None
+        texts = [i.text for i in await tx.items(meeting.id)]
+        referral = await tx.referral_by_ref(ref)
+    assert "Zebedee-secret said he is frightened." in texts
+    assert referral is not None and referral.pending_reclassification is not None
+    assert "Quokka-reason" in str(referral.pending_reclassification["reason"])
+    await store.close()
+    h.store = await Store.open(db, new)  # the fixture closes it

@@ -46,9 +46,7 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
     path.write_text(config_text(), encoding="utf-8")
     harness = await Harness.open(tmp_path / "r.db")
     config = load_config(path)
-    harness.pipeline.settings = Settings.from_config(
-        config, TEAM_ROOM, harness.pipeline.settings.keyring
-    )
+    harness.pipeline.settings = Settings.from_config(config, TEAM_ROOM)
     harness.pipeline.reloader = ConfigReloader(path, config, harness.pipeline)
     yield harness
     await harness.store.close()

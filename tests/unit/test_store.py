@@ -10,10 +10,11 @@ import pytest
 
 from bot.migrations import LATEST_VERSION
 from bot.store import Store, _split_sql
+from tests.keys import KEYRING
 
 
 async def test_fresh_database_is_migrated_and_private(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "data" / "referrals.db")
+    store = await Store.open(tmp_path / "data" / "referrals.db", KEYRING)
     assert await store.schema_version() == LATEST_VERSION
     await store.close()
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
@@ -24,16 +25,16 @@ async def test_fresh_database_is_migrated_and_private(tmp_path: Path) -> None:
 
 async def test_upgrade_from_the_first_schema(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    first = await Store.open(path)
+    first = await Store.open(path, KEYRING)
     await first.close()
     # Reopening applies nothing twice and keeps the version.
-    again = await Store.open(path)
+    again = await Store.open(path, KEYRING)
     assert await again.schema_version() == LATEST_VERSION
     await again.close()
 
 
 async def test_running_record_is_append_only(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "r.db")
+    store = await Store.open(tmp_path / "r.db", KEYRING)
     async with store.transaction() as tx:
         await tx._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
@@ -51,7 +52,7 @@ async def test_running_record_is_append_only(tmp_path: Path) -> None:
 
 
 async def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "r.db")
+    store = await Store.open(tmp_path / "r.db", KEYRING)
     with pytest.raises(RuntimeError):
         async with store.transaction() as tx:
             await tx.set_kv("k", "v")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 from collections.abc import AsyncIterator
@@ -13,12 +14,13 @@ import pytest
 import pytest_asyncio
 
 from tests.forms import referral
+from tests.keys import TEST_KEY
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, WORKER2, Harness
 
 
 @pytest_asyncio.fixture
 async def h(tmp_path: Path) -> AsyncIterator[Harness]:
-    harness = await Harness.open(tmp_path / "r.db")
+    harness = await Harness.open(tmp_path / "referrals.db")
     yield harness
     await harness.store.close()
 
@@ -299,3 +301,42 @@ async def test_bad_arguments_get_a_specific_answer(h: Harness, command: str) -> 
         w in answer
         for w in ("REF-2026-000123", "No referral", "must be one of", "Assign to", "Reclassify to")
     )
+
+
+async def test_chronology_in_chat_and_export_to_files(h: Harness, tmp_path: Path) -> None:
+    from bot.export import export_referral
+    from schemas.config import load_config
+
+    _, ref = await refer(h)
+    await h.send(WORKER, f"!note {ref} Checked with the GP: not known.")
+    e = await h.send(WORKER, f"!chronology {ref}")
+    text = h.reply(e)
+    assert text.startswith(f"# {ref}: CHILD PROTECTION REFERRAL") and "Checked with the GP" in text
+
+    data_dir = h.store.path.parent
+    (tmp_path / "key").write_text(TEST_KEY)
+    config_path = tmp_path / "c.toml"
+    config_path.write_text(
+        f"""
+[homeserver]
+url = "http://127.0.0.1:8008"
+[bot]
+user_id = "@bot:example.org"
+password = {{ file = "key" }}
+[storage]
+data_dir = "{data_dir}"
+store_key = {{ file = "key" }}
+database_key = {{ file = "key" }}
+[access]
+allowed_homeservers = ["example.org"]
+[rooms]
+advice_team = "{TEAM_ROOM}"
+""",
+        encoding="utf-8",
+    )
+    md, js = await export_referral(load_config(config_path), ref, tmp_path / "out")
+    assert md.read_text().startswith(f"# {ref}") and "Checked with the GP" in md.read_text()
+    data = json.loads(js.read_text())
+    assert data["ref"] == ref and data["declared_type"] == "child protection referral"
+    assert [e["kind"] for e in data["record"]][:1] == ["received"]
+    assert oct(md.stat().st_mode & 0o777) == "0o600"

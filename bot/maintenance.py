@@ -1,0 +1,218 @@
+"""The operator's commands on the stored records: verify, rotate-key, purge.
+
+Each opens the database like the bot does (same key check, same migrations) and prints
+references and counts only: never a name or any other personal field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bot.keyring import Keyring
+from bot.store import ChainReport, PurgeCutoffs, PurgePlan, Store
+from schemas.config import Config, ConfigError
+
+MIN_KEY_CHARS = 32
+
+
+@dataclass
+class Outcome:
+    """What a command says, and its exit code (0 fine, 1 found a problem, 2 refused)."""
+
+    code: int = 0
+    lines: list[str] = field(default_factory=list)
+
+    def say(self, line: str) -> None:
+        self.lines.append(line)
+
+
+def database_path(config: Config) -> Path:
+    return config.storage.data_dir / "referrals.db"
+
+
+def _keyring(secret: str, what: str) -> Keyring:
+    try:
+        return Keyring(secret)
+    except ValueError as exc:
+        raise ConfigError([f"{what}: {exc}"]) from None
+
+
+async def _open_existing(config: Config, keyring: Keyring, *, exclusive: bool) -> Store:
+    path = database_path(config)
+    if not path.exists():
+        raise ConfigError([f"there is no database at {path} (check storage.data_dir)"])
+    return await Store.open(path, keyring, exclusive=exclusive)
+
+
+def describe_breaks(report: ChainReport, out: Outcome) -> None:
+    for b in report.breaks:
+        where = b.ref if b.entry_id is None else f"{b.ref}, running-record entry {b.entry_id}"
+        out.say(f"BROKEN: {where}: {b.problem}")
+
+
+# -- verify ------------------------------------------------------------------------------
+
+
+async def verify(config: Config) -> Outcome:
+    """Check every running record's hash chain (and that every form decrypts).
+
+    Reads a snapshot, so it may run while the bot runs.
+    """
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.snapshot() as tx:
+            report = await tx.check_chains()
+    finally:
+        await store.close()
+    out = Outcome()
+    describe_breaks(report, out)
+    summary = f"{report.referrals} referral(s), {report.entries} running-record entries"
+    if report.breaks:
+        out.code = 1
+        out.say(f"{summary}: {len(report.breaks)} referral(s) with a broken record.")
+    else:
+        out.say(f"{summary}: every chain intact.")
+    return out
+
+
+# -- rotate-key --------------------------------------------------------------------------
+
+
+async def rotate_key(config: Config, new_secret: str) -> Outcome:
+    """Re-encrypt every encrypted field and re-chain every running record with a new key,
+    in one transaction. Refused while the bot runs or if any chain is already broken
+    (re-chaining would hide the break)."""
+    out = Outcome()
+    old_secret = config.storage.database_key.read()
+    if len(new_secret) < MIN_KEY_CHARS:
+        out.code = 2
+        out.say(f"the new key is too short: use a random secret of {MIN_KEY_CHARS}+ characters")
+        return out
+    if new_secret == old_secret:
+        out.code = 2
+        out.say("the new key is the key already in use")
+        return out
+    old = _keyring(old_secret, "storage.database_key")
+    new = _keyring(new_secret, "the new key")
+    store = await _open_existing(config, old, exclusive=True)
+    try:
+        async with store.transaction() as tx:
+            before = await tx.check_chains()
+            if before.breaks:
+                describe_breaks(before, out)
+                out.code = 1
+                out.say(
+                    "Key NOT rotated: a running record is broken, and re-chaining with a new "
+                    "key would hide that. Investigate with `referral-bot verify` first."
+                )
+                return out
+            counts = await tx.reencrypt_all(old, new)
+        await store.compact()
+    finally:
+        await store.close()
+
+    # Read everything back with the new key before saying it worked.
+    store = await _open_existing(config, new, exclusive=True)
+    try:
+        async with store.snapshot() as tx:
+            after = await tx.check_chains()
+    finally:
+        await store.close()
+    if after.breaks or after.referrals != before.referrals or after.entries != before.entries:
+        describe_breaks(after, out)
+        out.code = 1
+        out.say("The re-encrypted database does not verify: restore the backup and report this.")
+        return out
+    out.say(
+        f"Re-encrypted {counts['referrals']} referral(s), {counts['record_entries']} "
+        f"running-record entries, {counts['outbox']} outgoing and {counts['inbox']} incoming "
+        "message(s); every chain verifies with the new key."
+    )
+    out.say(
+        "Now point storage.database_key at the new key before starting the bot: the old key "
+        "no longer opens this database. Backups made before now still need the old key."
+    )
+    return out
+
+
+# -- purge -------------------------------------------------------------------------------
+
+
+def years_before(now: datetime, years: int) -> datetime:
+    try:
+        return now.replace(year=now.year - years)
+    except ValueError:  # 29 February
+        return now.replace(year=now.year - years, day=28)
+
+
+def cutoffs_for(config: Config, now: datetime) -> tuple[PurgeCutoffs, dict[str, str]]:
+    r = config.retention
+    cutoffs = PurgeCutoffs(
+        contact_before=None if r.contact_years is None else years_before(now, r.contact_years),
+        child_protection_before=(
+            None
+            if r.child_protection_years is None
+            else years_before(now, r.child_protection_years)
+        ),
+        inbox_before=now - timedelta(days=r.handled_inbox_days),
+        outbox_before=now - timedelta(days=r.sent_outbox_days),
+    )
+    rules = {
+        "contact": f"retention.contact_years = {r.contact_years}",
+        "child protection referral": (
+            f"retention.child_protection_years = {r.child_protection_years}"
+        ),
+    }
+    return cutoffs, rules
+
+
+def _describe_rules(config: Config) -> str:
+    r = config.retention
+
+    def years(n: int | None) -> str:
+        return "kept for ever" if n is None else f"{n} year(s) after receipt"
+
+    return (
+        f"Retention: contacts {years(r.contact_years)}; child protection referrals "
+        f"{years(r.child_protection_years)}; handled inbox rows {r.handled_inbox_days} day(s); "
+        f"sent messages {r.sent_outbox_days} day(s)."
+    )
+
+
+def _describe_plan(plan: PurgePlan, verb: str, out: Outcome) -> None:
+    out.say(
+        f"{verb} {len(plan.referrals)} referral(s), each with its running record and messages"
+        + (":" if plan.referrals else ".")
+    )
+    for p in plan.referrals:
+        out.say(f"  {p.ref}  {p.record_class}")
+    out.say(
+        f"{verb} {plan.inbox_rows} handled inbox row(s) and {plan.outbox_rows} other sent "
+        "message(s)."
+    )
+
+
+async def purge(config: Config, *, confirmed: bool, now: datetime | None = None) -> Outcome:
+    """List (and with `confirmed`, remove) what the retention rules say is due to go."""
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    cutoffs, rules = cutoffs_for(config, now or datetime.now(UTC))
+    out = Outcome()
+    out.say(_describe_rules(config))
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        if not confirmed:
+            async with store.snapshot() as tx:
+                plan = await tx.purge_plan(cutoffs)
+            _describe_plan(plan, "Would purge", out)
+            out.say("Nothing was purged. Run again with --yes to purge the above.")
+            return out
+        async with store.transaction() as tx:
+            plan = await tx.purge(cutoffs, rules)
+        await store.compact(vacuum=False)
+    finally:
+        await store.close()
+    _describe_plan(plan, "Purged", out)
+    return out

@@ -1,0 +1,169 @@
+"""The real store and pipeline with an in-memory messenger, plus a config file for the
+`referral-bot` maintenance commands, for the tests of what is stored."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bot.keyring import Keyring
+from bot.pipeline import Pipeline
+from bot.store import InboxItem, Store
+from handlers.settings import Settings
+from tests.keys import KEYRING, TEST_KEY
+from tests.unit.memory_messenger import MemoryMessenger
+
+DM = "!dm:example.org"
+TEAM = "!team:example.org"
+NURSE = "@nurse:example.org"
+# Wednesday 25 November 2026, 10:00 UTC
+START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
+
+_ids = itertools.count(1)
+
+CONFIG = """\
+[homeserver]
+url = "http://127.0.0.1:1"
+
+[bot]
+user_id = "@bot:example.org"
+password = {{ file = "secrets/bot-password" }}
+
+[storage]
+data_dir = "data"
+store_key = {{ file = "secrets/store-key" }}
+database_key = {{ file = "secrets/database-key" }}
+
+[access]
+allowed_homeservers = ["example.org"]
+
+[rooms]
+advice_team = "{team}"
+{extra}
+"""
+
+
+def write_config(base: Path, *, key: str = TEST_KEY, extra: str = "") -> Path:
+    """A config whose data_dir is `base/data`, as the maintenance commands read it."""
+    secrets = base / "secrets"
+    secrets.mkdir(parents=True, exist_ok=True)
+    (secrets / "bot-password").write_text("unused-password")
+    (secrets / "store-key").write_text("store-key-" + "s" * 32)
+    (secrets / "database-key").write_text(key)
+    path = base / "config.toml"
+    path.write_text(CONFIG.format(team=TEAM, extra=extra), encoding="utf-8")
+    return path
+
+
+@dataclass
+class Rig:
+    store: Store
+    messenger: MemoryMessenger
+    pipeline: Pipeline
+
+    @classmethod
+    async def open(cls, db_path: Path, keyring: Keyring = KEYRING) -> Rig:
+        store = await Store.open(db_path, keyring)
+        messenger = MemoryMessenger(encrypted_rooms={DM, TEAM})
+        pipeline = Pipeline(store, Settings("@bot:example.org", TEAM), messenger)
+        return cls(store, messenger, pipeline)
+
+    async def send(
+        self,
+        body: str,
+        *,
+        room: str = DM,
+        sender: str = NURSE,
+        at: datetime = START,
+        event_id: str | None = None,
+        encrypted: bool = True,
+    ) -> str:
+        event_id = event_id or f"$rig{next(_ids)}"
+        payload = {"body": body} if encrypted else {"withheld": True}
+        ts = int(at.timestamp() * 1000)
+        async with self.store.transaction() as tx:
+            rooms = await tx.add_inbox(
+                [InboxItem(event_id, room, sender, ts, encrypted, "pending", payload)]
+            )
+        self.pipeline.kick_rooms(rooms)
+        await self.pipeline.wait_idle()
+        return event_id
+
+    async def close(self) -> None:
+        await self.pipeline.stop()
+        await self.store.close()
+
+
+@asynccontextmanager
+async def opened(db_path: Path, keyring: Keyring = KEYRING, **kw: bool) -> AsyncIterator[Store]:
+    """A store that is closed even when the test fails (an open aiosqlite connection keeps
+    a thread alive and would hang the test run)."""
+    store = await Store.open(db_path, keyring, **kw)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def rig_at(db_path: Path, keyring: Keyring = KEYRING) -> AsyncIterator[Rig]:
+    rig = await Rig.open(db_path, keyring)
+    try:
+        yield rig
+    finally:
+        await rig.close()
+
+
+def sql(db_path: Path, query: str, *args: object) -> list[tuple[object, ...]]:
+    db = sqlite3.connect(db_path)
+    try:
+        return db.execute(query, args).fetchall()
+    finally:
+        db.close()
+
+
+def file_bytes(folder: Path) -> dict[Path, bytes]:
+    """Every file under a folder, as the bytes `grep` would search."""
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def dump(db_path: Path) -> str:
+    """What `sqlite3 .dump` shows."""
+    db = sqlite3.connect(db_path)
+    try:
+        return "\n".join(db.iterdump())
+    finally:
+        db.close()
+
+
+def edit_by_hand(db_path: Path, *statements: str) -> None:
+    """What someone with the database file and the sqlite3 shell can do: lift the
+    append-only triggers, change rows, put the triggers back."""
+    db = sqlite3.connect(db_path)
+    try:
+        triggers = db.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            " AND tbl_name = 'record_entries'"
+        ).fetchall()
+        for name, _ in triggers:
+            db.execute(f"DROP TRIGGER {name}")
+        for statement in statements:
+            db.execute(statement)
+        for _, trigger_sql in triggers:
+            db.execute(trigger_sql)
+        db.commit()
+    finally:
+        db.close()
+
+
+async def cli(*args: str | Path) -> int:
+    """`referral-bot ARGS` in a thread (it runs its own event loop), as an operator would."""
+    from bot.cli import main
+
+    return await asyncio.to_thread(main, [str(a) for a in args])
