@@ -10,8 +10,10 @@ or not at all.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -84,6 +86,16 @@ class RecordEntry:
     actor: str
     kind: str
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OpsCounts:
+    """Counts for /metrics: no personal data, only numbers by type and state."""
+
+    referrals: dict[tuple[str, str], int]  # (current_type, state) -> count
+    decisions_overdue: int
+    undecrypted: int
+    outbox_depth: int
 
 
 @dataclass(frozen=True)
@@ -394,6 +406,37 @@ class Tx:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
+    # -- operations --------------------------------------------------------------------
+
+    async def referral_received_at(self, referral_id: int) -> datetime | None:
+        async with self._db.execute(
+            "SELECT received_at FROM referrals WHERE id = ?", (referral_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    async def ops_counts(self) -> OpsCounts:
+        async with self._db.execute(
+            "SELECT current_type, state, COUNT(*) FROM referrals GROUP BY current_type, state"
+        ) as cur:
+            referrals = {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
+        # decision_due is stored as UTC ISO text in one format, so text order is time order.
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM referrals WHERE state = 'received' AND decision_due < ?",
+            (_iso(self.now),),
+        ) as cur:
+            overdue = await cur.fetchone()
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM inbox WHERE state = 'undecrypted'"
+        ) as cur:
+            undecrypted = await cur.fetchone()
+        return OpsCounts(
+            referrals=referrals,
+            decisions_overdue=int(overdue[0]) if overdue else 0,
+            undecrypted=int(undecrypted[0]) if undecrypted else 0,
+            outbox_depth=await self.outbox_depth(),
+        )
+
 
 class Store:
     """Owns the database file. Open with `await Store.open(path)`."""
@@ -417,7 +460,11 @@ class Store:
         await db.execute("PRAGMA foreign_keys = ON")
         await db.execute("PRAGMA busy_timeout = 5000")
         store = cls(db, path)
-        await store.migrate()
+        try:
+            await store.migrate()
+        except BaseException:
+            await db.close()
+            raise
         return store
 
     async def close(self) -> None:
@@ -452,11 +499,14 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One write transaction; commits on success, rolls back on any exception."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN inside the try: a task cancelled while awaiting it (shutdown) has
+                # still queued it on the connection, and must not leave it open.
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield Tx(self._db, self.clock())
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
+                    await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 
