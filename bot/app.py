@@ -10,6 +10,7 @@ import time
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
+from bot.http_ops import OpsMetrics, OpsServer
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.session import open_client, secure_dir
@@ -30,10 +31,16 @@ class BotApp:
         self.sync: SyncLoop | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
+        self.stopping = False
+        self.metrics = OpsMetrics()
+        self.ops: OpsServer | None = None
 
     async def start(self) -> None:
         """Log in, open the database, resume unfinished work and start syncing."""
         cfg = self.config
+        if cfg.http is not None:  # first, so /healthz says 503 while logging in
+            self.ops = OpsServer(self, cfg.http.host, cfg.http.port, self.metrics)
+            await self.ops.start()
         data_dir = secure_dir(cfg.storage.data_dir)
         store_key = cfg.storage.store_key.read()
         creds_exist = (data_dir / "credentials.json").exists()
@@ -51,6 +58,7 @@ class BotApp:
         settings = Settings.from_config(cfg, team_room)
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
         self.pipeline = Pipeline(self.store, settings, messenger)
+        self.pipeline.on_ack_sent = self.metrics.observe_ack
         self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
         await self.pipeline.resume()
@@ -64,6 +72,11 @@ class BotApp:
         except Exception:
             log.exception("sync loop stopped by an error")
             raise
+
+    @property
+    def sync_failed(self) -> bool:
+        task = self._sync_task
+        return task is not None and task.done()
 
     async def _resolve_room(self, room: str) -> str:
         assert self.client is not None
@@ -95,6 +108,8 @@ class BotApp:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
+        self.stopping = True
+        log.info("shutting down: finishing the events in hand and flushing the outbox")
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -107,15 +122,22 @@ class BotApp:
             await self.pipeline.stop()
         if self.client is not None:
             await self.client.close()
+        if self.ops is not None:
+            await self.ops.stop()
         if self.store is not None:
             await self.store.close()
+        log.info("stopped")
 
     async def run_forever(self) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
         assert self._sync_task is not None
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({stopper, self._sync_task}, return_when=asyncio.FIRST_COMPLETED)

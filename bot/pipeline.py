@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import traceback
+from collections.abc import Callable
 
 from bot.room_workers import RoomWorkers
 from bot.store import OutboxRow, Store
@@ -37,6 +38,8 @@ class Pipeline:
         self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
         self.handled = 0
         self.sent = 0
+        # Called with the acknowledgement latency in seconds (for /metrics).
+        self.on_ack_sent: Callable[[float], None] | None = None
 
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""
@@ -143,8 +146,15 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
+            received_at = None
             async with self.store.transaction() as tx:
                 await tx.mark_sent(row, event_id)
+                if row.purpose == "ack" and row.referral_id is not None and self.on_ack_sent:
+                    received_at = await tx.referral_received_at(row.referral_id)
+                sent_at = tx.now
+            if received_at is not None and self.on_ack_sent is not None:
+                # From the referral event's origin_server_ts to the acknowledgement sent.
+                self.on_ack_sent((sent_at - received_at).total_seconds())
             self.sent += 1
             log.info("sent: outbox=%d purpose=%s event=%s", row.id, row.purpose, event_id)
             return
