@@ -142,15 +142,16 @@ class BotProcess:
 
 
 class EchoProcess:
-    def __init__(self, hs: DevSynapse, base: Path) -> None:
+    def __init__(self, hs: DevSynapse, base: Path, name: str) -> None:
         self.hs = hs
         self.base = base
+        self.name = name
         self.user_id = ""
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
         password = secrets.token_urlsafe(16)
-        self.user_id = await self.hs.register("echo-bot", password)
+        self.user_id = await self.hs.register(self.name, password)
         pw_file = self.base / "echo-password"
         fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -387,11 +388,11 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         "phases": [],
     }
     bot: BotProcess | None = None
-    echo = EchoProcess(hs, base)
+    tag = secrets.token_hex(3)
+    echo = EchoProcess(hs, base, f"echo-bot-{tag}")
     world: World | None = None
     rng = random.Random(6)
     try:
-        tag = secrets.token_hex(3)
         world = await make_world(
             hs, base / "world", bot_name=f"referral-bot-{tag}", log_level="WARNING"
         )
