@@ -73,6 +73,17 @@ def _proc_status(pid: int, key: str) -> int | None:
     return None
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 class BotProcess:
     """`referral-bot run -c CONFIG` in its own process, watched through /healthz."""
 
@@ -215,6 +226,8 @@ class PhaseResult:
     p99_ms: float | None
     max_ms: float | None
     sustained: bool
+    # CPU seconds used during the phase (sending and draining), per process.
+    cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -225,8 +238,15 @@ def _pct(values: list[float], q: float) -> float | None:
 
 
 async def run_phase(
-    users: list[ChatUser], target: Target, rate: float, duration: float, rng: random.Random
+    users: list[ChatUser],
+    target: Target,
+    rate: float,
+    duration: float,
+    rng: random.Random,
+    pids: dict[str, int | None] | None = None,
 ) -> PhaseResult:
+    pids = {**(pids or {}), "load-generator": os.getpid()}
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     total = max(1, round(rate * duration))
     sent: list[tuple[str, float, ChatUser]] = []
     failures = 0
@@ -269,6 +289,7 @@ async def run_phase(
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # room for a duplicate to show up
     counts = replies()
+    cpu = {name: round(_cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
 
     first_reply: dict[str, float] = {}
     for user in users:
@@ -299,6 +320,7 @@ async def run_phase(
             and p99 <= SUSTAINED_P99_S * 1000
             and achieved >= 0.95 * rate
         ),
+        cpu_s=cpu,
     )
 
 
@@ -439,9 +461,16 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                 "launch_to_first_ack_received_s": round(ack.at - bot.launched_at, 2),
             }
 
+        def pids() -> dict[str, int | None]:
+            return {
+                "synapse": hs.pid if hs is not None else None,
+                "referral-bot": bot.proc.pid if bot and bot.proc else None,
+                "echo": echo.proc.pid if echo.proc else None,
+            }
+
         for rate in opts.rates:
             for target in (baseline, referral):
-                phase = await run_phase(users, target, rate, opts.duration, rng)
+                phase = await run_phase(users, target, rate, opts.duration, rng, pids())
                 results["phases"].append(asdict(phase))
                 print(json.dumps(asdict(phase)), flush=True)
 
@@ -451,7 +480,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                 best = None
                 rate = opts.search_start
                 while True:
-                    phase = await run_phase(users, target, rate, opts.search_duration, rng)
+                    phase = await run_phase(users, target, rate, opts.search_duration, rng, pids())
                     results["phases"].append({**asdict(phase), "search": True})
                     print(json.dumps({**asdict(phase), "search": True}), flush=True)
                     if not phase.sustained:
