@@ -237,18 +237,31 @@ def _pct(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def run_phase(
+@dataclass
+class _Raw:
+    """What one stretch of sending to one bot produced."""
+
+    planned: int
+    sent: int
+    failures: int
+    answered: int
+    duplicates: int
+    send_span: float
+    latencies_ms: list[float]
+    cpu_s: dict[str, float]
+
+
+async def _drive(
     users: list[ChatUser],
     target: Target,
     rate: float,
     duration: float,
     rng: random.Random,
-    pids: dict[str, int | None] | None = None,
-) -> PhaseResult:
-    pids = {**(pids or {}), "load-generator": os.getpid()}
+    pids: dict[str, int | None],
+) -> _Raw:
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     total = max(1, round(rate * duration))
-    sent: list[tuple[str, float, ChatUser]] = []
+    sent: list[tuple[str, float]] = []
     failures = 0
 
     async def one(i: int) -> None:
@@ -261,7 +274,7 @@ async def run_phase(
         except RuntimeError:
             failures += 1
             return
-        sent.append((event_id, t0, user))
+        sent.append((event_id, t0))
 
     start = time.monotonic()
     tasks = []
@@ -272,10 +285,10 @@ async def run_phase(
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
     send_span = time.monotonic() - start
-    achieved = total / send_span if send_span > 0 else float(total)
+
+    ids = {e for e, _ in sent}
 
     def replies() -> Counter[str]:
-        ids = {e for e, _, _ in sent}
         return Counter(
             r.in_reply_to
             for user in users
@@ -289,22 +302,43 @@ async def run_phase(
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # room for a duplicate to show up
     counts = replies()
-    cpu = {name: round(_cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
+    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
 
     first_reply: dict[str, float] = {}
     for user in users:
         for r in user.received:
-            if r.sender == target.user_id and r.in_reply_to and r.in_reply_to not in first_reply:
-                first_reply[r.in_reply_to] = r.at
-    latencies = [(first_reply[e] - t0) * 1000 for e, t0, _ in sent if e in first_reply]
+            if r.sender == target.user_id and r.in_reply_to in ids:
+                first_reply.setdefault(r.in_reply_to, r.at)
+    return _Raw(
+        planned=total,
+        sent=len(sent),
+        failures=failures,
+        answered=sum(1 for e, _ in sent if counts[e] >= 1),
+        duplicates=sum(c - 1 for c in counts.values() if c > 1),
+        send_span=send_span,
+        latencies_ms=[(first_reply[e] - t0) * 1000 for e, t0 in sent if e in first_reply],
+        cpu_s=cpu,
+    )
+
+
+def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> PhaseResult:
+    latencies = [v for raw in raws for v in raw.latencies_ms]
+    planned = sum(r.planned for r in raws)
+    sent = sum(r.sent for r in raws)
+    answered = sum(r.answered for r in raws)
+    duplicates = sum(r.duplicates for r in raws)
+    span = sum(r.send_span for r in raws)
+    achieved = planned / span if span > 0 else float(planned)
     p99 = _pct(latencies, 99)
-    answered = sum(1 for e, _, _ in sent if counts[e] >= 1)
-    duplicates = sum(c - 1 for c in counts.values() if c > 1)
+    cpu: dict[str, float] = {}
+    for raw in raws:
+        for name, seconds in raw.cpu_s.items():
+            cpu[name] = round(cpu.get(name, 0.0) + seconds, 1)
     return PhaseResult(
         target=target.name,
         rate=rate,
         duration=duration,
-        sent=len(sent),
+        sent=sent,
         achieved_rate=round(achieved, 2),
         answered=answered,
         duplicates=duplicates,
@@ -313,8 +347,8 @@ async def run_phase(
         p99_ms=_round(p99),
         max_ms=_round(max(latencies) if latencies else None),
         sustained=(
-            failures == 0
-            and answered == total
+            sum(r.failures for r in raws) == 0
+            and answered == planned
             and duplicates == 0
             and p99 is not None
             and p99 <= SUSTAINED_P99_S * 1000
@@ -322,6 +356,41 @@ async def run_phase(
         ),
         cpu_s=cpu,
     )
+
+
+async def run_phase(
+    users: list[ChatUser],
+    target: Target,
+    rate: float,
+    duration: float,
+    rng: random.Random,
+    pids: dict[str, int | None] | None = None,
+) -> PhaseResult:
+    """`duration` seconds of continuous sending to one bot."""
+    pids = {**(pids or {}), "load-generator": os.getpid()}
+    return _result(target, rate, duration, [await _drive(users, target, rate, duration, rng, pids)])
+
+
+async def run_interleaved(
+    users: list[ChatUser],
+    targets: tuple[Target, Target],
+    rate: float,
+    duration: float,
+    slice_s: float,
+    rng: random.Random,
+    pids: dict[str, int | None] | None = None,
+) -> list[PhaseResult]:
+    """`duration` seconds per bot, in alternating slices (A B B A A B ...), so that load
+    from other users of the machine falls on both bots alike."""
+    pids = {**(pids or {}), "load-generator": os.getpid()}
+    raws: dict[str, list[_Raw]] = {t.name: [] for t in targets}
+    slices = max(1, round(duration / slice_s))
+    for k in range(slices):
+        for target in targets if k % 2 == 0 else targets[::-1]:
+            raws[target.name].append(
+                await _drive(users, target, rate, duration / slices, rng, pids)
+            )
+    return [_result(t, rate, duration, raws[t.name]) for t in targets]
 
 
 def _round(v: float | None) -> float | None:
@@ -336,6 +405,7 @@ class Options:
     practitioners: int = 20
     rates: list[float] = field(default_factory=lambda: [1.0, 10.0])
     duration: float = 60.0
+    slice_s: float = 0.0  # 0: each bot's duration in one stretch
     seed: int = 0
     find_max: bool = False
     search_start: float = 10.0
@@ -469,8 +539,16 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
             }
 
         for rate in opts.rates:
-            for target in (baseline, referral):
-                phase = await run_phase(users, target, rate, opts.duration, rng, pids())
+            if opts.slice_s:
+                phases = await run_interleaved(
+                    users, (baseline, referral), rate, opts.duration, opts.slice_s, rng, pids()
+                )
+            else:
+                phases = [
+                    await run_phase(users, target, rate, opts.duration, rng, pids())
+                    for target in (baseline, referral)
+                ]
+            for phase in phases:
                 results["phases"].append(asdict(phase))
                 print(json.dumps(asdict(phase)), flush=True)
 
@@ -548,6 +626,12 @@ def main() -> None:
     parser.add_argument("--practitioners", type=int, default=20)
     parser.add_argument("--rates", default="1,10", help="referrals per second, comma-separated")
     parser.add_argument("--duration", type=float, default=60.0, help="seconds per rate and bot")
+    parser.add_argument(
+        "--slice",
+        type=float,
+        default=0.0,
+        help="alternate the two bots in slices of this many seconds (0: one stretch each)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="fake referrals in the database")
     parser.add_argument("--find-max", action="store_true")
     parser.add_argument("--search-start", type=float, default=10.0)
@@ -560,6 +644,7 @@ def main() -> None:
         practitioners=args.practitioners,
         rates=[float(r) for r in args.rates.split(",") if r.strip()],
         duration=args.duration,
+        slice_s=args.slice,
         seed=args.seed,
         find_max=args.find_max,
         search_start=args.search_start,
