@@ -13,6 +13,7 @@ No Matrix types here: the Messenger port does the sending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
 from collections.abc import Callable
@@ -27,6 +28,9 @@ from handlers.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# A referral's other messages (the advice-team summary) wait for its acknowledgement to
+# be sent, so the two do not compete at the homeserver; never longer than this.
+ACK_FIRST_MAX_WAIT_S = 2.0
 
 
 class Pipeline:
@@ -40,6 +44,8 @@ class Pipeline:
         self.sent = 0
         # Called with the acknowledgement latency in seconds (for /metrics).
         self.on_ack_sent: Callable[[float], None] | None = None
+        self._acks_done = asyncio.Condition()
+        self._acks_done_count = 0
 
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""
@@ -118,7 +124,34 @@ class Pipeline:
             if not rows:
                 return
             for row in rows:
+                if row.purpose != "ack" and row.referral_id is not None:
+                    await self._after_ack(row.referral_id)
                 await self._deliver(row)
+
+    async def _after_ack(self, referral_id: int) -> None:
+        """Wait (briefly) until the referral's acknowledgement has left the outbox."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_FIRST_MAX_WAIT_S
+        while True:
+            seen = self._acks_done_count
+            async with self.store.transaction() as tx:
+                if not await tx.ack_unsent(referral_id):
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+
+            def another_ack_done(seen: int = seen) -> bool:
+                return self._acks_done_count != seen
+
+            async with self._acks_done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acks_done.wait_for(another_ack_done), remaining)
+
+    async def _ack_left_outbox(self) -> None:
+        async with self._acks_done:
+            self._acks_done_count += 1
+            self._acks_done.notify_all()
 
     async def _deliver(self, row: OutboxRow) -> None:
         delay = 0.5
@@ -131,6 +164,8 @@ class Pipeline:
                 )
                 async with self.store.transaction() as tx:
                     await tx.mark_refused(row, str(exc))
+                if row.purpose == "ack":
+                    await self._ack_left_outbox()
                 return
             except asyncio.CancelledError:
                 raise
@@ -155,6 +190,8 @@ class Pipeline:
             if received_at is not None and self.on_ack_sent is not None:
                 # From the referral event's origin_server_ts to the acknowledgement sent.
                 self.on_ack_sent((sent_at - received_at).total_seconds())
+            if row.purpose == "ack":
+                await self._ack_left_outbox()
             self.sent += 1
             log.info("sent: outbox=%d purpose=%s event=%s", row.id, row.purpose, event_id)
             return

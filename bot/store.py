@@ -364,6 +364,14 @@ class Tx:
             for r in rows
         ]
 
+    async def ack_unsent(self, referral_id: int) -> bool:
+        """Whether the referral's acknowledgement is still waiting in the outbox."""
+        async with self._db.execute(
+            "SELECT 1 FROM outbox WHERE referral_id = ? AND purpose = 'ack' AND sent_at IS NULL",
+            (referral_id,),
+        ) as cur:
+            return await cur.fetchone() is not None
+
     async def rooms_with_unsent(self) -> list[str]:
         async with self._db.execute(
             "SELECT DISTINCT room_id FROM outbox WHERE sent_at IS NULL"
