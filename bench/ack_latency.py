@@ -284,7 +284,8 @@ async def _drive(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(one(i)))
     await asyncio.gather(*tasks)
-    send_span = time.monotonic() - start
+    # The planned span is total/rate: the last send is due at (total - 1)/rate.
+    send_span = time.monotonic() - start + 1 / rate
 
     ids = {e for e, _ in sent}
 
@@ -553,19 +554,24 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                 print(json.dumps(asdict(phase)), flush=True)
 
         if opts.find_max:
-            results["max_search"] = {}
-            for target in (baseline, referral):
-                best = None
-                rate = opts.search_start
-                while True:
+            # Step the rate up; at each step both bots get `search_duration` seconds of
+            # continuous sending, until neither keeps up.
+            best: dict[str, float | None] = {baseline.name: None, referral.name: None}
+            still: set[str] = set(best)
+            rate = opts.search_start
+            while still:
+                for target in (baseline, referral):
+                    if target.name not in still:
+                        continue
                     phase = await run_phase(users, target, rate, opts.search_duration, rng, pids())
                     results["phases"].append({**asdict(phase), "search": True})
                     print(json.dumps({**asdict(phase), "search": True}), flush=True)
-                    if not phase.sustained:
-                        break
-                    best = rate
-                    rate += opts.search_step
-                results["max_search"][target.name] = best
+                    if phase.sustained:
+                        best[target.name] = rate
+                    else:
+                        still.discard(target.name)
+                rate += opts.search_step
+            results["max_search"] = best
 
         results["bot_metrics_tail"] = [
             line
