@@ -591,6 +591,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         }
         results["bot_exit_code"] = await bot.stop()
         bot = None
+        results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         results["summary"] = summarise(results["phases"])
         return results
     finally:

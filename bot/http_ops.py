@@ -174,7 +174,9 @@ class OpsServer:
             snap.syncs = app.sync.syncs
         if app.store is not None and not app.stopping:
             try:
-                async with app.store.transaction() as tx:
+                # A full count of the referrals table: on the read connection, so a scrape
+                # never holds up the pipeline's transactions.
+                async with app.store.reading() as tx:
                     snap.counts = await tx.ops_counts()
             except Exception as exc:  # scrape what we have; the gauges keep their last value
                 log.warning("metrics: database counts unavailable (%s)", type(exc).__name__)

@@ -454,6 +454,8 @@ class Store:
         self.path = path
         self._lock = asyncio.Lock()
         self.clock = _now
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -476,6 +478,10 @@ class Store:
         return store
 
     async def close(self) -> None:
+        async with self._read_lock:
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
         async with self._lock:
             await self._db.close()
 
@@ -502,6 +508,23 @@ class Store:
                         await self._db.execute("ROLLBACK")
                         raise
                     await self._db.execute("COMMIT")
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Tx]:
+        """A read-only snapshot on a second connection, for slow reads such as /metrics:
+        with WAL it neither waits for nor blocks the writer. Writing through it fails."""
+        async with self._read_lock:
+            if self._reader is None:
+                self._reader = await aiosqlite.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+                )
+                self._reader.row_factory = aiosqlite.Row
+                await self._reader.execute("PRAGMA busy_timeout = 5000")
+            await self._reader.execute("BEGIN")
+            try:
+                yield Tx(self._reader, self.clock())
+            finally:
+                await self._reader.execute("ROLLBACK")
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:

@@ -169,3 +169,20 @@ async def test_a_database_newer_than_the_bot_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(RuntimeError, match="newer than this bot"):
         await Store.open(path)
+
+
+async def test_the_read_connection_sees_commits_and_cannot_write(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "r.db")
+    async with store.transaction() as tx:
+        await tx.set_kv("k", "v1")
+    async with store.reading() as tx:
+        assert await tx.get_kv("k") == "v1"
+        counts = await tx.ops_counts()
+        assert counts.referrals == {} and counts.outbox_depth == 0
+    async with store.transaction() as tx:
+        await tx.set_kv("k", "v2")
+    async with store.reading() as tx:
+        assert await tx.get_kv("k") == "v2"
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            await tx.set_kv("k", "forged")
+    await store.close()
