@@ -12,6 +12,7 @@ from pathlib import Path
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
+from bot.http_ops import OpsMetrics, OpsServer
 from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
@@ -40,10 +41,16 @@ class BotApp:
         self._clock_task: asyncio.Task[None] | None = None
         self._resume_task: asyncio.Task[None] | None = None
         self.started_at = time.monotonic()
+        self.stopping = False
+        self.metrics = OpsMetrics()
+        self.ops: OpsServer | None = None
 
     async def start(self) -> None:
         """Log in, open the database, resume unfinished work and start syncing."""
         cfg = self.config
+        if cfg.http is not None:  # first, so /healthz says 503 while logging in
+            self.ops = OpsServer(self, cfg.http.host, cfg.http.port, self.metrics)
+            await self.ops.start()
         data_dir = secure_dir(cfg.storage.data_dir)
         store_key = cfg.storage.store_key.read()
         try:
@@ -73,6 +80,7 @@ class BotApp:
         self.pipeline = Pipeline(self.store, settings, messenger)
         if self.config_path is not None:
             self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
+        self.pipeline.on_ack_sent = self.metrics.observe_ack
         self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
         self._resume_task = asyncio.create_task(self._resume_after_first_sync(), name="resume")
@@ -96,6 +104,11 @@ class BotApp:
         except Exception:
             log.exception("sync loop stopped by an error")
             raise
+
+    @property
+    def sync_failed(self) -> bool:
+        task = self._sync_task
+        return task is not None and task.done()
 
     async def _resolve_room(self, room: str) -> str:
         assert self.client is not None
@@ -132,6 +145,8 @@ class BotApp:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        self.stopping = True
+        log.info("shutting down: finishing the events in hand and flushing the outbox")
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -144,8 +159,11 @@ class BotApp:
             await self.pipeline.stop()
         if self.client is not None:
             await self.client.close()
+        if self.ops is not None:
+            await self.ops.stop()
         if self.store is not None:
             await self.store.close()
+        log.info("stopped")
 
     def reload_from_signal(self) -> None:
         """SIGHUP: re-read the configuration file; the log says what happened."""
@@ -160,7 +178,11 @@ class BotApp:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_from_signal)
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.shutdown()
+            raise
         assert self._sync_task is not None
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({stopper, self._sync_task}, return_when=asyncio.FIRST_COMPLETED)

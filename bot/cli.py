@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +30,37 @@ def _load(path: Path) -> Config:
         raise SystemExit(2) from None
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+# The identifiers our log lines carry as `key=value`; JSON lines repeat them as fields.
+# Only IDs are ever logged this way, never names or message text.
+_ID_FIELDS = re.compile(r"\b(ref|event|room|outbox|referral|purpose|device|user_device)=([^\s,;]+)")
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per line: ts, level, logger, message, and the IDs the message names."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, object] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for key, value in _ID_FIELDS.findall(message):
+            line.setdefault(key, value)
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=True)
+
+
+def setup_logging(level: str, fmt: str = "text") -> None:
+    """The one place logging is configured (level and format come from the config)."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=getattr(logging, level), handlers=[handler], force=True)
     # nio logs event contents at DEBUG and some of its warnings quote event fields.
     logging.getLogger("nio").setLevel(logging.ERROR)
     logging.getLogger("peewee").setLevel(logging.WARNING)
@@ -80,7 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     private_files()
     config = _load(args.config)
-    setup_logging(config.logging.level)
+    setup_logging(config.logging.level, config.logging.format)
     try:
         asyncio.run(BotApp(config, args.config).run_forever())
     except (ConfigError, LoginFailed, DatabaseInUse, WrongDatabaseKey) as exc:

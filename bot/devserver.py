@@ -174,6 +174,11 @@ class DevSynapse:
         return self._base_dir / _PROCESS_LOG_NAME
 
     @property
+    def pid(self) -> int | None:
+        """The Synapse process ID while it runs (benchmarks read its CPU time)."""
+        return self._proc.pid if self.is_running and self._proc is not None else None
+
+    @property
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 

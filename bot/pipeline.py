@@ -13,8 +13,10 @@ No Matrix types here: the Messenger port does the sending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import traceback
+from collections.abc import Callable
 
 from bot.room_workers import RoomWorkers
 from bot.store import OutboxRow, RoomJob, Store
@@ -35,6 +37,9 @@ log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
 JOBS = "room-jobs"
+# A referral's other messages (the advice-team summary) wait for its acknowledgement to
+# be sent, so the two do not compete at the homeserver; never longer than this.
+ACK_FIRST_MAX_WAIT_S = 2.0
 
 
 class Pipeline:
@@ -50,6 +55,10 @@ class Pipeline:
         self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
         self.handled = 0
         self.sent = 0
+        # Called with the acknowledgement latency in seconds (for /metrics).
+        self.on_ack_sent: Callable[[float], None] | None = None
+        self._acks_done = asyncio.Condition()
+        self._acks_done_count = 0
 
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""
@@ -185,7 +194,34 @@ class Pipeline:
             if not rows:
                 return
             for row in rows:
+                if row.purpose != "ack" and row.referral_id is not None:
+                    await self._after_ack(row.referral_id)
                 await self._deliver(row)
+
+    async def _after_ack(self, referral_id: int) -> None:
+        """Wait (briefly) until the referral's acknowledgement has left the outbox."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_FIRST_MAX_WAIT_S
+        while True:
+            seen = self._acks_done_count
+            async with self.store.transaction() as tx:
+                if not await tx.ack_unsent(referral_id):
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+
+            def another_ack_done(seen: int = seen) -> bool:
+                return self._acks_done_count != seen
+
+            async with self._acks_done:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._acks_done.wait_for(another_ack_done), remaining)
+
+    async def _ack_left_outbox(self) -> None:
+        async with self._acks_done:
+            self._acks_done_count += 1
+            self._acks_done.notify_all()
 
     async def _deliver(self, row: OutboxRow) -> None:
         delay = 0.5
@@ -198,6 +234,8 @@ class Pipeline:
                 )
                 async with self.store.transaction() as tx:
                     await tx.mark_refused(row, str(exc))
+                if row.purpose == "ack":
+                    await self._ack_left_outbox()
                 return
             except asyncio.CancelledError:
                 raise
@@ -214,8 +252,17 @@ class Pipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
+            received_at = None
             async with self.store.transaction() as tx:
                 await tx.mark_sent(row, event_id)
+                if row.purpose == "ack" and row.referral_id is not None and self.on_ack_sent:
+                    received_at = await tx.referral_received_at(row.referral_id)
+                sent_at = tx.now
+            if received_at is not None and self.on_ack_sent is not None:
+                # From the referral event's origin_server_ts to the acknowledgement sent.
+                self.on_ack_sent((sent_at - received_at).total_seconds())
+            if row.purpose == "ack":
+                await self._ack_left_outbox()
             self.sent += 1
             log.info("sent: outbox=%d purpose=%s event=%s", row.id, row.purpose, event_id)
             return

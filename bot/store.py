@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -247,6 +248,16 @@ class RecordEntry:
     actor: str
     kind: str
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class OpsCounts:
+    """Counts for /metrics: no personal data, only numbers by type and state."""
+
+    referrals: dict[tuple[str, str], int]  # (current_type, state) -> count
+    decisions_overdue: int
+    undecrypted: int
+    outbox_depth: int
 
 
 @dataclass(frozen=True)
@@ -931,6 +942,14 @@ class Tx:
             for r in rows
         ]
 
+    async def ack_unsent(self, referral_id: int) -> bool:
+        """Whether the referral's acknowledgement is still waiting in the outbox."""
+        async with self._db.execute(
+            "SELECT 1 FROM outbox WHERE referral_id = ? AND purpose = 'ack' AND sent_at IS NULL",
+            (referral_id,),
+        ) as cur:
+            return await cur.fetchone() is not None
+
     async def rooms_with_unsent(self) -> list[str]:
         async with self._db.execute(
             "SELECT DISTINCT room_id FROM outbox WHERE sent_at IS NULL"
@@ -972,6 +991,38 @@ class Tx:
         async with self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
+
+    # -- operations --------------------------------------------------------------------
+
+    async def referral_received_at(self, referral_id: int) -> datetime | None:
+        async with self._db.execute(
+            "SELECT received_at FROM referrals WHERE id = ?", (referral_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else datetime.fromisoformat(row[0])
+
+    async def ops_counts(self) -> OpsCounts:
+        async with self._db.execute(
+            "SELECT current_type, state, COUNT(*) FROM referrals GROUP BY current_type, state"
+        ) as cur:
+            referrals = {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
+        # decision_due is stored as UTC ISO text in one format, so text order is time order.
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM referrals WHERE state IN ('received', 'claimed')"
+            " AND decision_due < ?",
+            (_iso(self.now),),
+        ) as cur:
+            overdue = await cur.fetchone()
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM inbox WHERE state = 'undecrypted'"
+        ) as cur:
+            undecrypted = await cur.fetchone()
+        return OpsCounts(
+            referrals=referrals,
+            decisions_overdue=int(overdue[0]) if overdue else 0,
+            undecrypted=int(undecrypted[0]) if undecrypted else 0,
+            outbox_depth=await self.outbox_depth(),
+        )
 
     # -- maintenance: verify, rotate-key, purge (bot/maintenance.py) -------------------
 
@@ -1382,6 +1433,8 @@ class Store:
         self._lock = asyncio.Lock()
         self._lock_fd = lock_fd
         self.clock = _now
+        self._reader: aiosqlite.Connection | None = None
+        self._read_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path, keyring: Keyring, *, exclusive: bool = True) -> Store:
@@ -1453,6 +1506,10 @@ class Store:
             await cur.fetchall()
 
     async def close(self) -> None:
+        async with self._read_lock:
+            if self._reader is not None:
+                await self._reader.close()
+                self._reader = None
         async with self._lock:
             await self._db.close()
         _release_lock(self._lock_fd)
@@ -1483,14 +1540,34 @@ class Store:
                     await self._db.execute("COMMIT")
 
     @asynccontextmanager
+    async def reading(self) -> AsyncIterator[Tx]:
+        """A read-only snapshot on a second connection, for slow reads such as /metrics:
+        with WAL it neither waits for nor blocks the writer. Writing through it fails."""
+        async with self._read_lock:
+            if self._reader is None:
+                self._reader = await aiosqlite.connect(
+                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None
+                )
+                self._reader.row_factory = aiosqlite.Row
+                await self._reader.execute("PRAGMA busy_timeout = 5000")
+            await self._reader.execute("BEGIN")
+            try:
+                yield Tx(self._reader, self.clock(), self.keyring)
+            finally:
+                await self._reader.execute("ROLLBACK")
+
+    @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """One write transaction; commits on success, rolls back on any exception."""
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # BEGIN inside the try: a task cancelled while awaiting it (shutdown) has
+                # still queued it on the connection, and must not leave it open.
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield Tx(self._db, self.clock(), self.keyring)
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
+                    await self._db.execute("ROLLBACK")
                 raise
             await self._db.execute("COMMIT")
 

@@ -76,6 +76,15 @@ class World:
     def config(self) -> Config:
         return load_config(self.config_path)
 
+    def configure(self, *, http_listen: str | None = None, log_format: str | None = None) -> None:
+        """Turn on the operations endpoint and/or JSON logs in the config file."""
+        text = self.config_path.read_text(encoding="utf-8")
+        if log_format is not None:
+            text = text.replace("[logging]\n", f'[logging]\nformat = "{log_format}"\n', 1)
+        if http_listen is not None:
+            text += f'\n[http]\nlisten = "{http_listen}"\n'
+        self.config_path.write_text(text, encoding="utf-8")
+
     async def add_user(self, name: str) -> ChatUser:
         user = await start_user(self.hs, self.base, name)
         self.users.append(user)

@@ -6,6 +6,7 @@ safeguarding rule gets switched off without anyone noticing.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -214,6 +215,50 @@ class RetentionConfig(_Strict):
 
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # "json": one JSON object per line (ts, level, logger, message, and the IDs it names).
+    format: Literal["text", "json"] = "text"
+
+
+class HttpConfig(_Strict):
+    """The operations endpoint (/healthz, /metrics). Loopback only: it is for the machine's
+    own monitoring agent or a reverse proxy, never the open network."""
+
+    listen: str = Field(description="loopback host:port, e.g. 127.0.0.1:9108 or [::1]:9108")
+
+    @field_validator("listen")
+    @classmethod
+    def _loopback(cls, v: str) -> str:
+        host, port = split_host_port(v)
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            # Not even "localhost": a name can resolve to anything.
+            raise ValueError(
+                f"{host!r} is not an IP address; give a loopback address like 127.0.0.1"
+            ) from None
+        if not loopback:
+            raise ValueError(f"{host} is not a loopback address (127.0.0.1 or ::1)")
+        if not 1 <= port <= 65535:
+            raise ValueError("the port must be between 1 and 65535")
+        return v
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """`127.0.0.1:9108` or `[::1]:9108` into host and port; ValueError if malformed."""
+    match = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:([0-9]{1,5})|([^\s:\[\]]+):([0-9]{1,5})", value)
+    if match is None:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:9108 (IPv6: [::1]:9108)")
+    host = match.group(1) or match.group(3)
+    port = int(match.group(2) or match.group(4))
+    return host, port
 
 
 class Config(_Strict):
@@ -231,6 +276,7 @@ class Config(_Strict):
     meetings: MeetingsConfig = MeetingsConfig()
     retention: RetentionConfig = RetentionConfig()
     logging: LoggingConfig = LoggingConfig()
+    http: HttpConfig | None = None
 
     @field_validator("agencies")
     @classmethod

@@ -93,3 +93,35 @@ def test_allowed_users_are_decided_from_the_user_id(tmp_path: Path) -> None:
     assert not config.is_allowed_user("@nurse:evil.example")
     assert not config.is_allowed_user("@nurse:example.org.evil")
     assert not config.is_allowed_user("!room")
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:9108", "127.0.0.53:1", "[::1]:9108"])
+def test_the_operations_endpoint_accepts_loopback(tmp_path: Path, listen: str) -> None:
+    config = load_config(write(tmp_path, GOOD + f'[http]\nlisten = "{listen}"\n'))
+    assert config.http is not None and config.http.listen == listen
+
+
+@pytest.mark.parametrize(
+    ("listen", "problem"),
+    [
+        ("0.0.0.0:9108", "0.0.0.0 is not a loopback address"),
+        ("192.168.1.10:9108", "192.168.1.10 is not a loopback address"),
+        ("localhost:9108", "'localhost' is not an IP address"),
+        ("127.0.0.1", "must be host:port"),
+        ("127.0.0.1:0", "between 1 and 65535"),
+    ],
+)
+def test_the_operations_endpoint_refuses_anything_but_loopback(
+    tmp_path: Path, listen: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD + f'[http]\nlisten = "{listen}"\n'))
+    [line] = err.value.problems
+    assert line.startswith("http.listen: ") and problem in line
+
+
+def test_no_http_section_means_no_endpoint_and_text_logs(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD))
+    assert config.http is None and config.logging.format == "text"
+    with pytest.raises(ConfigError, match=r"logging.format: Input should be 'text' or 'json'"):
+        load_config(write(tmp_path, GOOD + '[logging]\nformat = "xml"\n'))

@@ -1,0 +1,673 @@
+"""Acknowledgement latency and throughput: referral-bot against an echo-bot baseline.
+
+    python -m bench.ack_latency --practitioners 20 --rates 1,10 --duration 60 --seed 100000
+
+Starts its own local Synapse (127.0.0.1), the referral bot as an operator runs it
+(`referral-bot run -c config.toml`, its own process) and the baseline echo bot
+(`bench/echo_bot.py`, its own process). N practitioners (real matrix-nio clients, each with
+its own device) each open an encrypted DM with both bots. Then, for each rate, first the
+echo bot and then referral-bot get complete referrals at that rate (spread round-robin
+over the practitioners), and each sender measures the time from starting the send to
+receiving the decrypted reply. Every message must be answered exactly once.
+
+With `--seed N` the bot's database is first filled with N fake referrals (bench/seed_db)
+and the bot restarted, giving the start-up figure (launch to the first referral answered)
+and, at the end, the bot's peak RSS with that database. `--find-max` steps the rate up
+(`--search-duration` seconds per step) until each bot no longer keeps up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from bench.seed_db import fake_referral, seed
+from bot.chat_user import ChatUser
+from bot.devserver import DevSynapse
+from bot.keyring import Keyring
+from bot.world import World, make_world
+
+ROOT = Path(__file__).resolve().parents[1]
+# A rate is "sustained" when every message is answered exactly once within DRAIN_S of the
+# last send and the p99 latency stays under this: past it, a queue is building up.
+SUSTAINED_P99_S = 2.0
+DRAIN_S = 15.0
+
+
+# -- processes ---------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _proc_status(pid: int, key: str) -> int | None:
+    """A kB figure from /proc/PID/status (VmRSS, VmHWM = peak RSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time a process has used so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class BotProcess:
+    """`referral-bot run -c CONFIG` in its own process, watched through /healthz."""
+
+    def __init__(self, config_path: Path, http_port: int, log_path: Path) -> None:
+        self.config_path = config_path
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+        self.launched_at = 0.0
+
+    async def start(self) -> None:
+        self.launched_at = time.monotonic()
+        with self.log_path.open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bot.cli",
+                "run",
+                "-c",
+                str(self.config_path),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=asyncio.subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    async def wait_healthy(self, timeout: float = 60.0) -> float:
+        """Seconds from launch to /healthz answering 200."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+            while time.monotonic() < deadline:
+                if self.proc.returncode is not None:
+                    raise RuntimeError(f"referral-bot exited with {self.proc.returncode}")
+                try:
+                    async with session.get(f"{self.base}/healthz") as resp:
+                        if resp.status == 200:
+                            return time.monotonic() - self.launched_at
+                except (aiohttp.ClientError, TimeoutError):
+                    pass
+                await asyncio.sleep(0.02)
+        raise TimeoutError("referral-bot did not become healthy")
+
+    async def metrics(self) -> str:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"{self.base}/metrics") as resp,
+        ):
+            return await resp.text()
+
+    def peak_rss_mb(self) -> float | None:
+        if self.proc is None:
+            return None
+        kb = _proc_status(self.proc.pid, "VmHWM")
+        return None if kb is None else kb / 1024
+
+    async def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, as an operator's service manager would; return the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+            return -9
+
+
+class EchoProcess:
+    def __init__(self, hs: DevSynapse, base: Path, name: str) -> None:
+        self.hs = hs
+        self.base = base
+        self.name = name
+        self.user_id = ""
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        password = secrets.token_urlsafe(16)
+        self.user_id = await self.hs.register(self.name, password)
+        pw_file = self.base / "echo-password"
+        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(password)
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.echo_bot",
+            "--homeserver",
+            self.hs.url,
+            "--user",
+            self.user_id,
+            "--password-file",
+            str(pw_file),
+            "--store",
+            str(self.base / "echo-store"),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+        if line.strip() != b"READY":
+            raise RuntimeError(f"echo bot did not start: {line!r}")
+
+    def peak_rss_mb(self) -> float | None:
+        kb = None if self.proc is None else _proc_status(self.proc.pid, "VmHWM")
+        return None if kb is None else kb / 1024
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+# -- measuring ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str
+    user_id: str
+    rooms: list[str]  # one DM per practitioner, same order as the practitioners
+
+
+@dataclass
+class PhaseResult:
+    target: str
+    rate: float
+    duration: float
+    sent: int
+    achieved_rate: float
+    answered: int
+    duplicates: int
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    sustained: bool
+    # CPU seconds used during the phase (sending and draining), per process.
+    cpu_s: dict[str, float] = field(default_factory=dict)
+
+
+def _pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+
+
+@dataclass
+class _Raw:
+    """What one stretch of sending to one bot produced."""
+
+    planned: int
+    sent: int
+    failures: int
+    answered: int
+    duplicates: int
+    send_span: float
+    latencies_ms: list[float]
+    cpu_s: dict[str, float]
+
+
+async def _drive(
+    users: list[ChatUser],
+    target: Target,
+    rate: float,
+    duration: float,
+    rng: random.Random,
+    pids: dict[str, int | None],
+) -> _Raw:
+    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    total = max(1, round(rate * duration))
+    sent: list[tuple[str, float]] = []
+    failures = 0
+
+    async def one(i: int) -> None:
+        nonlocal failures
+        user = users[i % len(users)]
+        body = fake_referral(rng.randrange(10**6), rng, datetime.now(UTC))
+        t0 = time.monotonic()
+        try:
+            event_id = await user.send(target.rooms[i % len(users)], body)
+        except RuntimeError:
+            failures += 1
+            return
+        sent.append((event_id, t0))
+
+    start = time.monotonic()
+    tasks = []
+    for i in range(total):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(i)))
+    await asyncio.gather(*tasks)
+    # The planned span is total/rate: the last send is due at (total - 1)/rate.
+    send_span = time.monotonic() - start + 1 / rate
+
+    ids = {e for e, _ in sent}
+
+    def replies() -> Counter[str]:
+        return Counter(
+            r.in_reply_to
+            for user in users
+            for r in user.received
+            if r.sender == target.user_id and r.in_reply_to in ids
+        )
+
+    deadline = time.monotonic() + DRAIN_S
+    # Polling: replies land in 20 clients' lists; nothing to wait on in one place.
+    while time.monotonic() < deadline and len(replies()) < len(sent):  # noqa: ASYNC110
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # room for a duplicate to show up
+    counts = replies()
+    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+
+    first_reply: dict[str, float] = {}
+    for user in users:
+        for r in user.received:
+            if r.sender == target.user_id and r.in_reply_to in ids:
+                first_reply.setdefault(r.in_reply_to, r.at)
+    return _Raw(
+        planned=total,
+        sent=len(sent),
+        failures=failures,
+        answered=sum(1 for e, _ in sent if counts[e] >= 1),
+        duplicates=sum(c - 1 for c in counts.values() if c > 1),
+        send_span=send_span,
+        latencies_ms=[(first_reply[e] - t0) * 1000 for e, t0 in sent if e in first_reply],
+        cpu_s=cpu,
+    )
+
+
+def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> PhaseResult:
+    latencies = [v for raw in raws for v in raw.latencies_ms]
+    planned = sum(r.planned for r in raws)
+    sent = sum(r.sent for r in raws)
+    answered = sum(r.answered for r in raws)
+    duplicates = sum(r.duplicates for r in raws)
+    span = sum(r.send_span for r in raws)
+    achieved = planned / span if span > 0 else float(planned)
+    p99 = _pct(latencies, 99)
+    cpu: dict[str, float] = {}
+    for raw in raws:
+        for name, seconds in raw.cpu_s.items():
+            cpu[name] = round(cpu.get(name, 0.0) + seconds, 1)
+    return PhaseResult(
+        target=target.name,
+        rate=rate,
+        duration=duration,
+        sent=sent,
+        achieved_rate=round(achieved, 2),
+        answered=answered,
+        duplicates=duplicates,
+        p50_ms=_round(_pct(latencies, 50)),
+        p95_ms=_round(_pct(latencies, 95)),
+        p99_ms=_round(p99),
+        max_ms=_round(max(latencies) if latencies else None),
+        sustained=(
+            sum(r.failures for r in raws) == 0
+            and answered == planned
+            and duplicates == 0
+            and p99 is not None
+            and p99 <= SUSTAINED_P99_S * 1000
+            and achieved >= 0.95 * rate
+        ),
+        cpu_s=cpu,
+    )
+
+
+async def run_phase(
+    users: list[ChatUser],
+    target: Target,
+    rate: float,
+    duration: float,
+    rng: random.Random,
+    pids: dict[str, int | None] | None = None,
+) -> PhaseResult:
+    """`duration` seconds of continuous sending to one bot."""
+    pids = {**(pids or {}), "load-generator": os.getpid()}
+    return _result(target, rate, duration, [await _drive(users, target, rate, duration, rng, pids)])
+
+
+async def run_interleaved(
+    users: list[ChatUser],
+    targets: tuple[Target, Target],
+    rate: float,
+    duration: float,
+    slice_s: float,
+    rng: random.Random,
+    pids: dict[str, int | None] | None = None,
+) -> list[PhaseResult]:
+    """`duration` seconds per bot, in alternating slices (A B B A A B ...), so that load
+    from other users of the machine falls on both bots alike."""
+    pids = {**(pids or {}), "load-generator": os.getpid()}
+    raws: dict[str, list[_Raw]] = {t.name: [] for t in targets}
+    slices = max(1, round(duration / slice_s))
+    for k in range(slices):
+        for target in targets if k % 2 == 0 else targets[::-1]:
+            raws[target.name].append(
+                await _drive(users, target, rate, duration / slices, rng, pids)
+            )
+    return [_result(t, rate, duration, raws[t.name]) for t in targets]
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    practitioners: int = 20
+    rates: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    duration: float = 60.0
+    slice_s: float = 0.0  # 0: each bot's duration in one stretch
+    seed: int = 0
+    find_max: bool = False
+    search_start: float = 10.0
+    search_step: float = 2.0
+    search_duration: float = 20.0
+    out: Path | None = None
+    keep: bool = False
+
+
+def machine() -> dict[str, Any]:
+    mem_kb = _proc_status_meminfo()
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gb": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
+        "cpu": _cpu_model(),
+        "python": platform.python_version(),
+        "synapse": version("matrix-synapse"),
+        "matrix_nio": version("matrix-nio"),
+        "vodozemac": version("vodozemac"),
+        "kernel": platform.release(),
+        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def _proc_status_meminfo() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        return None
+    return None
+
+
+async def _open_dms(users: list[ChatUser], target_user: str) -> list[str]:
+    rooms = []
+    for user in users:
+        room = await user.create_room(invite=[target_user], encrypted=True)
+        rooms.append(room)
+    for user, room in zip(users, rooms, strict=True):
+        await user.wait_joined(room, target_user, timeout=60)
+    return rooms
+
+
+async def _warm_up(users: list[ChatUser], target: Target) -> None:
+    """One message per DM first: the first message of a room sets up its session."""
+    ids = [await u.send(r, "!help") for u, r in zip(users, target.rooms, strict=True)]
+    for user, event_id in zip(users, ids, strict=True):
+        await user.wait_reply(event_id, timeout=60)
+
+
+async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str, Any]:
+    base = Path(tempfile.mkdtemp(prefix="referral-bot-bench-"))
+    own_hs = hs is None
+    if hs is None:
+        hs = DevSynapse(base / "synapse")
+        await hs.start()
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "command": "python -m bench.ack_latency " + " ".join(sys.argv[1:]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "phases": [],
+    }
+    bot: BotProcess | None = None
+    tag = secrets.token_hex(3)
+    echo = EchoProcess(hs, base, f"echo-bot-{tag}")
+    world: World | None = None
+    rng = random.Random(6)
+    try:
+        world = await make_world(
+            hs, base / "world", bot_name=f"referral-bot-{tag}", log_level="WARNING"
+        )
+        port = _free_port()
+        world.configure(http_listen=f"127.0.0.1:{port}")
+        # The advice-team worker's client is not part of the measurement: stop its syncing
+        # so the load generator only does the practitioners' work.
+        await world.worker.stop()
+        world.users.remove(world.worker)
+        bot = BotProcess(world.config_path, port, base / "referral-bot.log")
+        await bot.start()
+        results["first_start_healthy_s"] = round(await bot.wait_healthy(), 2)
+        await echo.start()
+
+        users = list(
+            await asyncio.gather(
+                *(world.add_user(f"practitioner{i:02d}-{tag}") for i in range(opts.practitioners))
+            )
+        )
+        referral = Target("referral-bot", world.bot_user, await _open_dms(users, world.bot_user))
+        baseline = Target("echo", echo.user_id, await _open_dms(users, echo.user_id))
+        await _warm_up(users, referral)
+        await _warm_up(users, baseline)
+
+        if opts.seed:
+            code = await bot.stop()
+            db_path = world.config.storage.data_dir / "referrals.db"
+            keyring = Keyring(world.config.storage.database_key.read())
+            took = await seed(db_path, opts.seed, keyring)
+            results["seed"] = {
+                "referrals": opts.seed,
+                "seconds": round(took, 1),
+                "db_mb": round(db_path.stat().st_size / 1e6, 1),
+                "exit_code_before_seed": code,
+            }
+            # A referral waits while the bot is down; time launch -> its acknowledgement.
+            waiting = await users[0].send(
+                referral.rooms[0], fake_referral(0, rng, datetime.now(UTC))
+            )
+            await bot.start()
+            healthy = await bot.wait_healthy()
+            ack = await users[0].wait_reply(waiting, timeout=60)
+            results["startup"] = {
+                "launch_to_healthy_s": round(healthy, 2),
+                "launch_to_first_ack_received_s": round(ack.at - bot.launched_at, 2),
+            }
+
+        def pids() -> dict[str, int | None]:
+            return {
+                "synapse": hs.pid if hs is not None else None,
+                "referral-bot": bot.proc.pid if bot and bot.proc else None,
+                "echo": echo.proc.pid if echo.proc else None,
+            }
+
+        for rate in opts.rates:
+            if opts.slice_s:
+                phases = await run_interleaved(
+                    users, (baseline, referral), rate, opts.duration, opts.slice_s, rng, pids()
+                )
+            else:
+                phases = [
+                    await run_phase(users, target, rate, opts.duration, rng, pids())
+                    for target in (baseline, referral)
+                ]
+            for phase in phases:
+                results["phases"].append(asdict(phase))
+                print(json.dumps(asdict(phase)), flush=True)
+
+        if opts.find_max:
+            # Step the rate up; at each step both bots get `search_duration` seconds of
+            # continuous sending, until neither keeps up.
+            best: dict[str, float | None] = {baseline.name: None, referral.name: None}
+            still: set[str] = set(best)
+            rate = opts.search_start
+            while still:
+                for target in (baseline, referral):
+                    if target.name not in still:
+                        continue
+                    phase = await run_phase(users, target, rate, opts.search_duration, rng, pids())
+                    results["phases"].append({**asdict(phase), "search": True})
+                    print(json.dumps({**asdict(phase), "search": True}), flush=True)
+                    if phase.sustained:
+                        best[target.name] = rate
+                    else:
+                        still.discard(target.name)
+                rate += opts.search_step
+            results["max_search"] = best
+
+        results["bot_metrics_tail"] = [
+            line
+            for line in (await bot.metrics()).splitlines()
+            if line.startswith(
+                (
+                    "referralbot_ack_latency_seconds_count",
+                    "referralbot_ack_latency_seconds_sum",
+                    "referralbot_outbox_depth",
+                    "referralbot_referrals{",
+                )
+            )
+        ]
+        results["peak_rss_mb"] = {
+            "referral-bot": _round(bot.peak_rss_mb()),
+            "echo": _round(echo.peak_rss_mb()),
+        }
+        results["bot_exit_code"] = await bot.stop()
+        bot = None
+        results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+        results["summary"] = summarise(results["phases"])
+        return results
+    finally:
+        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
+            await bot.stop()
+        await echo.stop()
+        if world is not None:
+            await world.close()
+        if own_hs:
+            await hs.stop()
+        if opts.keep:
+            print(f"files kept in {base}", file=sys.stderr)
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def summarise(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per rate (non-search phases): referral-bot over echo ratios."""
+    rows = []
+    by_rate: dict[float, dict[str, dict[str, Any]]] = {}
+    for p in phases:
+        if not p.get("search"):
+            by_rate.setdefault(p["rate"], {})[p["target"]] = p
+    for rate, pair in sorted(by_rate.items()):
+        bot, echo = pair.get("referral-bot"), pair.get("echo")
+        if not bot or not echo:
+            continue
+        row: dict[str, Any] = {"rate": rate}
+        for q in ("p50_ms", "p95_ms", "p99_ms"):
+            if bot[q] and echo[q]:
+                row[f"{q[:-3]}_ratio"] = round(bot[q] / echo[q], 2)
+        row["both_sustained"] = bot["sustained"] and echo["sustained"]
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--practitioners", type=int, default=20)
+    parser.add_argument("--rates", default="1,10", help="referrals per second, comma-separated")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per rate and bot")
+    parser.add_argument(
+        "--slice",
+        type=float,
+        default=0.0,
+        help="alternate the two bots in slices of this many seconds (0: one stretch each)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="fake referrals in the database")
+    parser.add_argument("--find-max", action="store_true")
+    parser.add_argument("--search-start", type=float, default=10.0)
+    parser.add_argument("--search-step", type=float, default=2.0)
+    parser.add_argument("--search-duration", type=float, default=20.0)
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    args = parser.parse_args()
+    opts = Options(
+        practitioners=args.practitioners,
+        rates=[float(r) for r in args.rates.split(",") if r.strip()],
+        duration=args.duration,
+        slice_s=args.slice,
+        seed=args.seed,
+        find_max=args.find_max,
+        search_start=args.search_start,
+        search_step=args.search_step,
+        search_duration=args.search_duration,
+        out=args.out,
+        keep=args.keep,
+    )
+    results = asyncio.run(run_benchmark(opts))
+    text = json.dumps(results, indent=2)
+    if opts.out:
+        opts.out.write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""A few seconds of the benchmark, so that the command keeps working."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.ack_latency import Options, run_benchmark
+from bot.devserver import DevSynapse
+
+pytestmark = pytest.mark.integration
+
+
+async def test_benchmark_smoke_run(synapse: DevSynapse) -> None:
+    results = await run_benchmark(
+        Options(practitioners=2, rates=[2.0], duration=2.5, seed=20), hs=synapse
+    )
+    phases = {p["target"]: p for p in results["phases"]}
+    assert set(phases) == {"echo", "referral-bot"}
+    for phase in phases.values():
+        assert phase["sent"] == 5
+        assert phase["answered"] == 5 and phase["duplicates"] == 0
+        assert phase["p50_ms"] is not None and phase["p50_ms"] > 0
+    assert results["startup"]["launch_to_first_ack_received_s"] > 0
+    assert results["peak_rss_mb"]["referral-bot"] > 0
+    assert results["bot_exit_code"] == 0
+    assert results["summary"][0]["rate"] == 2.0
