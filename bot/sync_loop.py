@@ -36,6 +36,7 @@ from nio import (
 from bot.events import to_inbox_item
 from bot.pipeline import Pipeline
 from bot.store import InboxItem, Store
+from bot.verification import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,14 @@ class SyncLoop:
         store: Store,
         pipeline: Pipeline,
         is_allowed_user: Callable[[str], bool],
+        verifier: Verifier | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.pipeline = pipeline
         self.is_allowed = is_allowed_user
+        # Device verification and, in strict mode, the gate for unverified sessions.
+        self.verifier = verifier
         self.ready = asyncio.Event()
         self.syncs = 0
         self._requested_keys: set[str] = set()
@@ -103,9 +107,15 @@ class SyncLoop:
             delay = 1.0
             async with self.store.transaction() as tx:
                 rooms = await tx.add_inbox(items)
+                if self.verifier is not None:
+                    await self.verifier.write(tx)
                 await tx.set_kv(TOKEN_KEY, resp.next_batch)
+                notices = tx.touched_rooms
             token = resp.next_batch
             self.pipeline.kick_rooms(rooms)
+            self.pipeline.outbox_workers.kick_all(notices)
+            if self.verifier is not None:
+                await self.verifier.act()
             await self._retry_undecrypted()
             self.syncs += 1
             first = False
@@ -116,7 +126,9 @@ class SyncLoop:
         await client.send_to_device_messages()
         if client.should_upload_keys:
             await client.keys_upload()
-        if client.should_query_keys:
+        if self.verifier is not None:
+            await self.verifier.trust.query_keys()
+        elif client.should_query_keys:
             await client.keys_query()
         if client.should_claim_keys:
             await client.keys_claim(client.get_users_for_key_claiming())
@@ -155,6 +167,8 @@ class SyncLoop:
                 if not self.is_allowed(event.sender):
                     continue
                 item = to_inbox_item(event, room_id, encrypted, self.client.user_id, private)
+                if self.verifier is not None:
+                    item = self.verifier.screen(event, room_id, item)
                 if item is not None:
                     if item.state == "undecrypted" and isinstance(event, MegolmEvent):
                         await self._request_key(event)
@@ -212,18 +226,16 @@ class SyncLoop:
             except EncryptionError:
                 continue
             room = self.client.rooms.get(item.room_id)
-            results.append(
-                (
-                    item.seq,
-                    to_inbox_item(
-                        decrypted,
-                        item.room_id,
-                        bool(room and room.encrypted),
-                        self.client.user_id,
-                        bool(room and room.member_count <= 2),
-                    ),
-                )
+            decoded = to_inbox_item(
+                decrypted,
+                item.room_id,
+                bool(room and room.encrypted),
+                self.client.user_id,
+                bool(room and room.member_count <= 2),
             )
+            if self.verifier is not None:
+                decoded = self.verifier.screen(decrypted, item.room_id, decoded)
+            results.append((item.seq, decoded))
         if not results:
             return
         rooms: set[str] = set()
@@ -234,5 +246,11 @@ class SyncLoop:
                 else:
                     await tx.set_decrypted(seq, decoded.payload)
                     rooms.add(decoded.room_id)
+            if self.verifier is not None:
+                await self.verifier.write(tx)
+            notices = tx.touched_rooms
         log.info("decrypted late: events=%d", len(results))
         self.pipeline.kick_rooms(rooms)
+        self.pipeline.outbox_workers.kick_all(notices)
+        if self.verifier is not None:
+            await self.verifier.act()

@@ -194,6 +194,34 @@ class MeetingsConfig(_Strict):
     action_reminder_days: Annotated[int, Field(ge=0, le=30)] = 1
 
 
+class PinnedDevice(_Strict):
+    """A device the operator checked in person: its owner, ID and Ed25519 fingerprint."""
+
+    user_id: str
+    device_id: str = Field(min_length=1, max_length=255)
+    ed25519: str = Field(description="the session key as the user's client shows it")
+
+    @field_validator("user_id")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return _check_user_ids([v])[0]
+
+    @field_validator("ed25519")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        key = "".join(v.split())  # clients show the key in groups of four
+        if not re.fullmatch(r"[A-Za-z0-9+/]{43}", key):
+            raise ValueError("must be the 43-character Ed25519 session key (spaces allowed)")
+        return key
+
+
+class TrustConfig(_Strict):
+    """Which devices get room keys: trust on first use, or interactive verification only."""
+
+    mode: Literal["tofu", "strict"] = "tofu"
+    pinned_devices: list[PinnedDevice] = Field(default_factory=list)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -211,6 +239,7 @@ class Config(_Strict):
     pattern: PatternConfig = PatternConfig()
     disagreement: DisagreementConfig = DisagreementConfig()
     meetings: MeetingsConfig = MeetingsConfig()
+    trust: TrustConfig = TrustConfig()
     logging: LoggingConfig = LoggingConfig()
 
     @field_validator("agencies")
