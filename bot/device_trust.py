@@ -25,6 +25,7 @@ on restart, and trust left over from the other mode never counts.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable
@@ -119,6 +120,10 @@ class DeviceTrust:
         self.strict = strict
         self._pinned = {(p.user_id, p.device_id): p.ed25519 for p in pinned}
         self._records: dict[tuple[str, str], DeviceRecord] = {}
+        # Held while trust flags change and while a room key is shared (by the messenger):
+        # nio ignores "invalidate this room's session" while a share is under way, so a
+        # change made during a share would not reach the session being shared.
+        self.lock = asyncio.Lock()
         # Called with the rooms that got new outgoing messages (set by the app: the
         # pipeline's outbox workers).
         self.on_enqueued: Callable[[set[str]], None] = lambda rooms: None
@@ -146,6 +151,10 @@ class DeviceTrust:
             and record.trust != REFUSED
             and (record.trust == SAS or self.is_pinned(record))
         )
+
+    def is_refused(self, user_id: str, device_id: str) -> bool:
+        record = self.record(user_id, device_id)
+        return record is not None and record.trust == REFUSED
 
     def vouches_for(self, device: Any) -> bool:
         """A verified device whose keys are still the ones recorded."""
@@ -225,6 +234,10 @@ class DeviceTrust:
     async def mark_verified(self, user_id: str, device_id: str, by: str) -> bool:
         """Record a completed interactive verification. False if the device was refused
         meanwhile or its keys are not the ones recorded."""
+        async with self.lock:
+            return await self._mark_verified(user_id, device_id, by)
+
+    async def _mark_verified(self, user_id: str, device_id: str, by: str) -> bool:
         record = self.record(user_id, device_id)
         device = self.client.device_store[user_id].get(device_id)
         if device is None:
@@ -254,11 +267,18 @@ class DeviceTrust:
         nio drops a new Ed25519 key for a known device (keeping the old one), so the raw
         response is the only place such a change can be seen.
         """
+        async with self.lock:
+            await self._query_keys()
+
+    async def _query_keys(self) -> None:
         if not self.client.should_query_keys:
             return
-        resp = await self.client.keys_query()
-        if not isinstance(resp, KeysQueryResponse):
-            return
+        resp = await self.client.keys_query()  # nio has handled it by now
+        if isinstance(resp, KeysQueryResponse):
+            await self.check_response(resp)
+
+    async def check_response(self, resp: KeysQueryResponse) -> None:
+        """Every key the homeserver served, against the record; then decide the devices."""
         for user_id, devices in resp.device_keys.items():
             if not self.settings.is_allowed(user_id) or not isinstance(devices, dict):
                 continue
@@ -274,25 +294,27 @@ class DeviceTrust:
             for d in self.client.device_store.active_user_devices(user_id)
         )
 
-    # -- applying the decision to nio ------------------------------------------------------
-
-    async def apply(self, room: MatrixRoom) -> None:
-        """Before an encrypted send: members known, keys fresh, every device decided."""
+    async def apply_locked(self, room: MatrixRoom) -> None:
+        """Before an encrypted send, with `lock` held by the sender until the room key is
+        shared: members known, keys fresh, every device decided."""
+        assert self.lock.locked()
         if not room.members_synced:
             await self.client.joined_members(room.room_id)
-        await self.query_keys()
+        await self._query_keys()
         store = self.client.device_store
         await self.apply_to(d for u in room.users for d in store.active_user_devices(u))
 
     async def apply_all(self) -> None:
         """At start: decide every device nio knows (the mode or the pins may have changed)."""
-        await self.apply_to(
-            d
-            for user_id in list(self.client.device_store.users)
-            for d in self.client.device_store.active_user_devices(user_id)
-        )
+        async with self.lock:
+            await self.apply_to(
+                d
+                for user_id in list(self.client.device_store.users)
+                for d in self.client.device_store.active_user_devices(user_id)
+            )
 
     async def apply_to(self, devices: Iterable[Any]) -> None:
+        """Set nio's flags from the record (call with `lock` held)."""
         client = self.client
         for device in list(devices):
             if device.user_id == client.user_id and device.id == client.device_id:

@@ -7,7 +7,6 @@ or strict: verified devices only) before every encrypted send, never by passing
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -72,7 +71,6 @@ class MatrixMessenger:
         self._client = client
         self._is_allowed = is_allowed_user
         self._trust = trust
-        self._lock = asyncio.Lock()
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
         room = self._client.rooms.get(message.room_id)
@@ -84,10 +82,10 @@ class MatrixMessenger:
             return await self._send_plaintext(message, txn_id)
         if room.encrypted:
             # Trust decisions and Olm session set-up one at a time across rooms, so two
-            # rooms never claim keys for the same device at once. The send itself runs
-            # outside the lock.
-            async with self._lock:
-                await self._trust.apply(room)
+            # rooms never claim keys for the same device at once, and no trust change lands
+            # in the middle of a share. The send itself runs outside the lock.
+            async with self._trust.lock:
+                await self._trust.apply_locked(room)
                 if self._client.olm is not None and self._client.olm.should_share_group_session(
                     room.room_id
                 ):

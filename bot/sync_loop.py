@@ -97,6 +97,8 @@ class SyncLoop:
             assert isinstance(resp, SyncResponse)
             try:
                 await self._housekeeping()
+                if self.verifier is not None:
+                    await self.verifier.on_to_device(resp.to_device_events)
                 await self._answer_invites(resp)
                 items = await self._collect(resp, token)
             except BackfillFailed as exc:

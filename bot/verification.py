@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
-from nio import AsyncClient, ToDeviceError
-from nio.crypto.sas import Sas, SasState
+from nio import AsyncClient, KeyVerificationCancel, ToDeviceError, UnknownToDeviceEvent
+from nio.crypto.sas import SasState
+from nio.event_builders import ToDeviceMessage
 
 from bot.device_trust import DeviceTrust
+from bot.sas import BotSas
 from bot.store import InboxItem, Store, Tx
 from handlers import device_trust as say
 from handlers.settings import Settings
@@ -43,29 +45,8 @@ from handlers.settings import Settings
 log = logging.getLogger(__name__)
 
 VERIFY_COMMANDS = ("!verify", "!verify-match", "!verify-reject")
-
-
-class BotSas(Sas):  # type: ignore[misc]  # nio is untyped
-    """nio's SAS with two changes.
-
-    - Five minutes to complete instead of one: a person must compare the bot's side
-      (perhaps by phone) before the bot confirms. nio never refreshes its "last event"
-      time, so its one-minute event timeout is really one minute from the start.
-    - A MAC that does not cover the device's own key cancels the verification. nio 0.26
-      marks the cancel and then overwrites it with "MAC received", which would verify
-      a device whose key was never checked.
-    """
-
-    _max_age = timedelta(minutes=say.EXPIRY_MINUTES)
-    _max_event_timeout = timedelta(minutes=say.EXPIRY_MINUTES)
-
-    def receive_mac_event(self, event: Any) -> None:
-        super().receive_mac_event(event)
-        sas: Any = self
-        covered = sas.other_olm_device.id in sas.verified_devices
-        if sas.state == SasState.mac_received and not covered:
-            sas.state = SasState.canceled
-            sas.cancel_code, sas.cancel_reason = Sas._key_mismatch_error
+SAS_METHOD = "m.sas.v1"
+EXPIRY_S = say.EXPIRY_MINUTES * 60
 
 
 @dataclass
@@ -74,6 +55,9 @@ class Verification:
     user_id: str
     device_id: str
     request_room: str | None  # where the user's verified sessions are shown our side
+    # requested: we sent m.key.verification.request, waiting for "ready";
+    # ready: they asked, we answered "ready", waiting for their "start"; sas: under way.
+    phase: str = "sas"
     started: float = field(default_factory=time.monotonic)
     shown_in: list[str] = field(default_factory=list)
     confirmed_by: str | None = None
@@ -136,10 +120,15 @@ class Verifier:
         if word in VERIFY_COMMANDS:
             self._command(item, word, words[1:], device, vouched, readable=trusted)
             return None
-        if self.trust.strict and not vouched:
-            sent = device is not None and self._want_start(event.sender, device, room_id)
+        refused = device is not None and self.trust.is_refused(event.sender, device.id)
+        if refused or (self.trust.strict and not vouched):
+            sent = (
+                device is not None
+                and not refused
+                and self._want_start(event.sender, device, room_id)
+            )
             device_id = device.id if device is not None else None
-            log.info("not acted on, session not verified: event=%s", item.event_id)
+            log.info("not acted on, session not trusted: event=%s", item.event_id)
 
             async def notice(tx: Tx) -> None:
                 await say.unverified_device_notice(
@@ -148,6 +137,7 @@ class Verifier:
                     event_id=item.event_id,
                     device_id=device_id,
                     request_sent=sent,
+                    refused=refused,
                 )
 
             self._notices.append(_Notice(notice))
@@ -260,8 +250,7 @@ class Verifier:
             )
         else:
             target = device
-        record = self.trust.record(sender, target.id)
-        if record is not None and record.trust == "refused":
+        if self.trust.is_refused(sender, target.id):
             return (
                 f"Session {target.id} is refused: its keys changed. Sign it out, log in "
                 "again and verify the new session."
@@ -283,8 +272,7 @@ class Verifier:
         """Queue a verification request to the device; False if one is already running."""
         if self._active(user_id, device.id) is not None or (user_id, device.id) in self._starting:
             return False
-        record = self.trust.record(user_id, device.id)
-        if record is not None and record.trust == "refused":
+        if self.trust.is_refused(user_id, device.id):
             return False
         self._starting.add((user_id, device.id))
         self._actions.append(lambda: self._start(user_id, device, room_id))
@@ -315,30 +303,104 @@ class Verifier:
         await self.after_sync()
 
     async def _start(self, user_id: str, device: Any, room_id: str) -> None:
+        """Ask the device to verify (m.key.verification.request, the to-device form current
+        clients answer); the SAS itself starts when it replies "ready"."""
         self._starting.discard((user_id, device.id))
-        client = self.client
-        olm = client.olm
-        old = olm.get_active_sas(user_id, device.id)
-        if old is not None:
-            old.cancel()
-            await client.to_device(old.get_cancellation())
-        sas = BotSas(client.user_id, client.device_id, olm.account.identity_keys["ed25519"], device)
-        olm.key_verifications[sas.transaction_id] = sas
-        resp = await client.to_device(sas.start_verification())
+        txn = uuid.uuid4().hex
+        content = {
+            "from_device": self.client.device_id,
+            "methods": [SAS_METHOD],
+            "timestamp": int(time.time() * 1000),
+            "transaction_id": txn,
+        }
+        resp = await self.client.to_device(
+            ToDeviceMessage("m.key.verification.request", user_id, device.id, content)
+        )
         if isinstance(resp, ToDeviceError):
-            del olm.key_verifications[sas.transaction_id]
             log.warning("could not send a verification request: device=%s", device.id)
             return
-        self.sessions[sas.transaction_id] = Verification(
-            sas.transaction_id, user_id, device.id, room_id
+        self.sessions[txn] = Verification(txn, user_id, device.id, room_id, phase="requested")
+        log.info("verification requested: device=%s txn=%s", device.id, txn)
+
+    async def _start_sas(self, v: Verification) -> None:
+        client = self.client
+        device = client.device_store[v.user_id].get(v.device_id)
+        if device is None:
+            return
+        sas = BotSas(
+            client.user_id,
+            client.device_id,
+            client.olm.account.identity_keys["ed25519"],
+            device,
+            transaction_id=v.transaction,
         )
-        log.info("verification started: device=%s txn=%s", device.id, sas.transaction_id)
+        client.olm.key_verifications[v.transaction] = sas
+        v.phase = "sas"
+        await client.to_device(sas.start_verification())
+        log.info("verification started: device=%s txn=%s", v.device_id, v.transaction)
+
+    async def on_to_device(self, events: Iterable[Any]) -> None:
+        """The parts of the flow nio does not know: request, ready, done (after nio has
+        handled the sync, so a "start" it parsed is already in `key_verifications`)."""
+        for event in events:
+            if isinstance(event, KeyVerificationCancel):
+                v = self.sessions.get(event.transaction_id)
+                if v is not None and v.phase != "sas" and event.sender == v.user_id:
+                    await self._finish(v, verified=False, reason="it was cancelled")
+                continue
+            if not isinstance(event, UnknownToDeviceEvent):
+                continue
+            content = event.source.get("content")
+            if not isinstance(content, dict):
+                continue
+            txn = content.get("transaction_id")
+            device_id = content.get("from_device")
+            if not isinstance(txn, str) or not isinstance(device_id, str):
+                continue
+            if event.type == "m.key.verification.ready":
+                v = self.sessions.get(txn)
+                if (
+                    v is not None
+                    and v.phase == "requested"
+                    and event.sender == v.user_id
+                    and device_id == v.device_id
+                    and SAS_METHOD in content.get("methods", [])
+                ):
+                    await self._start_sas(v)
+            elif event.type == "m.key.verification.request":
+                await self._answer_request(event.sender, device_id, txn, content)
+
+    async def _answer_request(
+        self, user_id: str, device_id: str, txn: str, content: dict[str, Any]
+    ) -> None:
+        """Someone asked to verify the bot's device: say we are ready (SAS only)."""
+        device = self.client.device_store[user_id].get(device_id)
+        if (
+            device is None
+            or txn in self.sessions
+            or not self.settings.is_allowed(user_id)
+            or self.trust.is_refused(user_id, device_id)
+            or SAS_METHOD not in content.get("methods", [])
+        ):
+            return
+        v = Verification(txn, user_id, device_id, self._dm_with(device), phase="ready")
+        self.sessions[txn] = v
+        ready = {
+            "from_device": self.client.device_id,
+            "methods": [SAS_METHOD],
+            "transaction_id": txn,
+        }
+        await self.client.to_device(
+            ToDeviceMessage("m.key.verification.ready", user_id, device_id, ready)
+        )
+        log.info("verification request answered: device=%s txn=%s", device_id, txn)
 
     async def _confirm(self, v: Verification, by: str) -> None:
         if v.transaction not in self.client.key_verifications or v.finished:
             return
         v.confirmed_by = by
-        await self.client.confirm_short_auth_string(v.transaction)
+        async with self.trust.lock:  # nio may mark the device verified right here
+            await self.client.confirm_short_auth_string(v.transaction)
         log.info("verification confirmed on the bot's side: device=%s", v.device_id)
 
     async def _reject(self, v: Verification, by: str) -> None:
@@ -356,10 +418,10 @@ class Verifier:
             return
         for txn, sas in list(client.key_verifications.items()):
             v = self.sessions.get(txn)
-            if v is None:
-                await self._adopt(txn, sas)
+            if v is None or v.phase == "ready":
+                await self._adopt(txn, sas, v)
                 continue
-            if v.finished:
+            if v.finished or sas.other_olm_device.id != v.device_id:
                 continue
             if sas.canceled:
                 await self._finish(v, verified=False, reason=_reason(sas))
@@ -367,25 +429,34 @@ class Verifier:
                 await self._finish(v, verified=True)
             elif sas.state in (SasState.key_received, SasState.mac_received) and not v.shown_in:
                 await self._show(v, sas)
+        now = time.monotonic()
         for txn, v in list(self.sessions.items()):
-            if not v.finished and txn not in client.key_verifications:
+            gone = txn not in client.key_verifications
+            if not v.finished and (
+                (v.phase == "sas" and gone) or (v.phase != "sas" and now - v.started > EXPIRY_S)
+            ):
                 await self._finish(v, verified=False, reason="it expired")
-            if v.finished and txn not in client.key_verifications:
+            if v.finished and gone:
                 del self.sessions[txn]
 
-    async def _adopt(self, txn: str, sas: Any) -> None:
-        """A verification the other side started (a legacy `start`): accept it."""
+    async def _adopt(self, txn: str, sas: Any, v: Verification | None) -> None:
+        """A SAS the other side started: after our "ready", or a legacy start without a
+        request. Accept it if the device may be verified."""
         if sas.we_started_it or sas.state != SasState.started or sas.canceled:
             return
         device = sas.other_olm_device
-        record = self.trust.record(device.user_id, device.id)
-        if not self.settings.is_allowed(device.user_id) or (
-            record is not None and record.trust == "refused"
+        if v is not None and (v.user_id, v.device_id) != (device.user_id, device.id):
+            return
+        if not self.settings.is_allowed(device.user_id) or self.trust.is_refused(
+            device.user_id, device.id
         ):
             await self.client.cancel_key_verification(txn)
             return
-        sas.__class__ = BotSas  # the same object, with the safer MAC check and timeouts
-        self.sessions[txn] = Verification(txn, device.user_id, device.id, self._dm_with(device))
+        BotSas.adopt(sas)  # the same object, with BotSas's fixes
+        if v is None:
+            v = Verification(txn, device.user_id, device.id, self._dm_with(device))
+            self.sessions[txn] = v
+        v.phase = "sas"
         await self.client.accept_key_verification(txn)
         log.info("verification accepted: device=%s txn=%s", device.id, txn)
 
@@ -429,7 +500,17 @@ class Verifier:
             verified = await self.trust.mark_verified(
                 v.user_id, v.device_id, by=v.confirmed_by or "unknown"
             )
-            if not verified:
+            if verified:
+                # Request-based flows end with "done" from both sides (nio does not send it).
+                await self.client.to_device(
+                    ToDeviceMessage(
+                        "m.key.verification.done",
+                        v.user_id,
+                        v.device_id,
+                        {"transaction_id": v.transaction},
+                    )
+                )
+            else:
                 reason = "its keys changed during the verification"
         log.info(
             "verification %s: device=%s after %.1f s",

@@ -108,28 +108,46 @@ async def _send(
 
 
 async def unverified_device_notice(
-    tx: Tx, *, room_id: str, event_id: str, device_id: str | None, request_sent: bool
+    tx: Tx,
+    *,
+    room_id: str,
+    event_id: str,
+    device_id: str | None,
+    request_sent: bool,
+    refused: bool = False,
 ) -> None:
-    """To a session that is not verified (strict mode): its message was not acted on."""
-    session = f"your session {device_id}" if device_id else "a session I do not know yet"
-    doc = Doc().para(
-        f"I did NOT act on this message and stored nothing from it: it came from {session}, "
-        "which is not verified with me, so I cannot tell that it is yours, and it cannot "
-        "read my encrypted replies.",
-        strong=True,
-    )
-    if request_sent:
+    """To a session the bot does not trust: its message was not acted on."""
+    if refused:
+        doc = Doc().para(
+            f"I did NOT act on this message and stored nothing from it: it came from your "
+            f"session {device_id}, whose keys have changed since I first saw it. I no longer "
+            "trust that session and it cannot read my replies.",
+            strong=True,
+        )
         doc.para(
-            "I have sent that session a verification request: accept it there and compare "
-            "the emoji. I show my side to your verified sessions, or, if you have none, to "
-            "the advice team, who will phone you to compare. Once it is verified, send your "
-            "message again."
+            "Sign that session out, log in again and verify the new session with !verify. "
+            "The advice team has been told."
         )
     else:
-        doc.para(
-            "Send !verify from that session to verify it (if I do not know its keys yet, "
-            "wait a minute and send it again). Then send your message again."
+        session = f"your session {device_id}" if device_id else "a session I do not know yet"
+        doc = Doc().para(
+            f"I did NOT act on this message and stored nothing from it: it came from "
+            f"{session}, which is not verified with me, so I cannot tell that it is yours, "
+            "and it cannot read my encrypted replies.",
+            strong=True,
         )
+        if request_sent:
+            doc.para(
+                "I have sent that session a verification request: accept it there and "
+                "compare the emoji. I show my side to your verified sessions, or, if you have "
+                "none, to the advice team, who will phone you to compare. Once it is "
+                "verified, send your message again."
+            )
+        else:
+            doc.para(
+                "Send !verify from that session to verify it (if I do not know its keys "
+                "yet, wait a minute and send it again). Then send your message again."
+            )
     doc.para("If a child is in immediate danger, phone the police on 999.")
     await _send(
         tx,

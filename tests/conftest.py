@@ -29,7 +29,9 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dev
 async def world(synapse: DevSynapse, tmp_path: Path) -> AsyncIterator[World]:
     """A fresh bot account, config, advice-team worker and team room for one test."""
     n = next(_names)
-    w = await make_world(synapse, tmp_path, bot_name=f"bot{n}", worker_name=f"worker{n}")
+    # Tests name their users "<role>-" + bot_user[1:5]: that must differ for every world
+    # (with "bot{n}", bot1 and bot10 collided).
+    w = await make_world(synapse, tmp_path, bot_name=f"b{n:03d}", worker_name=f"worker{n}")
     try:
         yield w
     finally:
