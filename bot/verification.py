@@ -125,7 +125,10 @@ class Verifier:
             sent = (
                 device is not None
                 and not refused
-                and self._want_start(event.sender, device, room_id)
+                and (
+                    self._want_start(event.sender, device, room_id)
+                    or self._pending(event.sender, device.id)
+                )
             )
             device_id = device.id if device is not None else None
             log.info("not acted on, session not trusted: event=%s", item.event_id)
@@ -268,9 +271,14 @@ class Verifier:
             "none, to the advice team, who will phone you to compare."
         )
 
+    def _pending(self, user_id: str, device_id: str) -> bool:
+        """A verification of this device is under way or about to be requested."""
+        starting = (user_id, device_id) in self._starting
+        return starting or self._active(user_id, device_id) is not None
+
     def _want_start(self, user_id: str, device: Any, room_id: str) -> bool:
         """Queue a verification request to the device; False if one is already running."""
-        if self._active(user_id, device.id) is not None or (user_id, device.id) in self._starting:
+        if self._pending(user_id, device.id):
             return False
         if self.trust.is_refused(user_id, device.id):
             return False

@@ -267,12 +267,13 @@ def _plain(symbol: str) -> str:
     return symbol.replace("\ufe0f", "")  # emoji presentation selectors differ by library
 
 
+@pytest.mark.parametrize("who_asks", ["bot", "element"])
 async def test_elements_crypto_verifies_a_session_with_the_bot(
-    world: World, element_crypto: Path
+    world: World, element_crypto: Path, who_asks: str
 ) -> None:
-    """A session run by Element's own crypto library answers the bot's request, compares
-    emoji and ends verified on both sides; the bot's side is confirmed from the user's
-    session the operator pinned."""
+    """A session run by Element's own crypto library answers the bot's request (or asks
+    to verify the bot's session itself), compares emoji and ends verified on both sides;
+    the bot's side is confirmed from the user's session the operator pinned."""
     nurse = await world.add_user(f"element-{world.bot_user[1:5]}")
     make_strict(world, [world.worker, nurse])
     async with running(world) as app:
@@ -285,6 +286,7 @@ async def test_elements_crypto_verifies_a_session_with_the_bot(
             nurse.user_id,
             nurse.password,
             world.bot_user,
+            "answer" if who_asks == "bot" else "ask",
             cwd=element_crypto.parent,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
@@ -305,8 +307,9 @@ async def test_elements_crypto_verifies_a_session_with_the_bot(
                 "the bot knows the Element session",
             )
             started = time.monotonic()
-            ask = await nurse.send(dm, f"!verify {element_device}")
-            assert "verification request" in (await nurse.wait_reply(ask)).body
+            if who_asks == "bot":
+                ask = await nurse.send(dm, f"!verify {element_device}")
+                assert "verification request" in (await nurse.wait_reply(ask)).body
             assert "request" in await line()
             element_emoji = (await line())["emoji"]
             shown = (
@@ -335,4 +338,4 @@ async def test_elements_crypto_verifies_a_session_with_the_bot(
             if node.returncode is None:
                 node.kill()
             await node.wait()
-    print(f"\nSAS with Element's crypto: {elapsed:.2f} s")
+    print(f"\nSAS with Element's crypto, {who_asks} asking: {elapsed:.2f} s")

@@ -1,18 +1,21 @@
 // A user's session as Element's crypto (matrix-sdk-crypto, the wasm build Element Web
 // uses) runs it, answering the bot's emoji verification request.
 //
-//   node verify_with_bot.mjs HOMESERVER USER_ID PASSWORD BOT_USER_ID
+//   node verify_with_bot.mjs HOMESERVER USER_ID PASSWORD BOT_USER_ID [answer|ask]
 //
+// "answer" (default): wait for the bot's request and accept it. "ask": request the
+// verification of the bot's session, as a user pressing "Verify" on it does, and start
+// the emoji verification once the bot is ready.
 // Logs in as a new session, uploads its keys and syncs. Prints one JSON line per step:
 //   {"device_id": ...}                   logged in, keys uploaded
-//   {"request": FLOW_ID}                 the bot's request arrived and was accepted
+//   {"request": FLOW_ID}                 the request was accepted (or sent)
 //   {"emoji": [[symbol, name], ...]}     what this session shows the user
 //   {"done": true, "bot_device_verified": bool}  or  {"cancelled": reason}
 // Reads "confirm" on stdin: the user pressing "They match".
 import * as sdk from "@matrix-org/matrix-sdk-crypto-wasm";
 import readline from "node:readline";
 
-const [homeserver, userId, password, botId] = process.argv.slice(2);
+const [homeserver, userId, password, botId, mode = "answer"] = process.argv.slice(2);
 const say = (obj) => console.log(JSON.stringify(obj));
 let token = "";
 
@@ -98,9 +101,21 @@ let request;
 let sas;
 let shown = false;
 let confirmed = false;
+if (mode === "ask") {
+  const [bot] = (await machine.getUserDevices(new sdk.UserId(botId))).devices();
+  const [asked, out] = bot.requestVerification([sdk.VerificationMethod.SasV1]);
+  await send(out);
+  request = asked;
+  say({ request: request.flowId });
+}
 const deadline = Date.now() + 60_000;
 while (Date.now() < deadline) {
   await syncOnce(200);
+  if (mode === "ask" && request.isReady() && !sas) {
+    const [started, out] = await request.startSas();
+    await send(out);
+    sas = started;
+  }
   if (!request) {
     request = machine
       .getVerificationRequests(new sdk.UserId(botId))
