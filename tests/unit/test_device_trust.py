@@ -10,17 +10,20 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 import vodozemac
-from nio import AsyncClient, AsyncClientConfig, KeysQueryResponse, ToDeviceEvent
+from nio import AsyncClient, AsyncClientConfig, KeysQueryResponse, MatrixRoom, ToDeviceEvent
 from nio.api import Api
 from nio.crypto import OlmDevice
 from nio.crypto.sas import Sas, SasState
 from nio.store import SqliteStore
 
 from bot.device_trust import DeviceTrust
+from bot.messenger import MatrixMessenger
 from bot.sas import EMOJI, BotSas, sas_emoji
 from bot.store import Store
+from handlers.ports import OutgoingMessage, SendRefused
 from handlers.settings import Settings
 from schemas.config import PinnedDevice
 
@@ -301,3 +304,12 @@ def test_the_emoji_table_is_the_specifications() -> None:
     assert EMOJI[0] == ("🐶", "Dog") and EMOJI[63] == ("📌", "Pin")
     assert EMOJI[34] == ("🔧", "Spanner") and EMOJI[36] == ("👍", "Thumbs Up")
     assert EMOJI[53] == ("✈️", "Aeroplane")
+
+
+async def test_a_plain_text_notice_is_never_sensitive(client: AsyncClient, store: Store) -> None:
+    """The unencrypted path exists for unverified sessions; referral data never takes it."""
+    client.rooms["!dm:example.org"] = MatrixRoom("!dm:example.org", BOT, encrypted=True)
+    messenger = MatrixMessenger(client, SETTINGS.is_allowed, trust(client, store, strict=True))
+    message = OutgoingMessage("!dm:example.org", "details", "<p>details</p>", plaintext=True)
+    with pytest.raises(SendRefused):
+        await messenger.send(message, "txn1")
