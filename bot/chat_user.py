@@ -239,6 +239,12 @@ class ChatUser:
             sas = self.client.key_verifications.get(txn)
             if sas is None or sas.established_sas is None:
                 return None
+            # Our own key must be out first, or a quick "They match" overtakes it.
+            if any(
+                m.type == "m.key.verification.key" and m.content.get("transaction_id") == txn
+                for m in self.client.outgoing_to_device_messages
+            ):
+                return None
             return sas_emoji(sas)  # as Element computes them (nio's own are wrong)
 
         shown: list[tuple[str, str]] = await self._poll(emoji, "emoji", timeout)

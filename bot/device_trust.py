@@ -156,6 +156,13 @@ class DeviceTrust:
         record = self.record(user_id, device_id)
         return record is not None and record.trust == REFUSED
 
+    def is_refused_key(self, user_id: str, ed25519: str) -> bool:
+        """A key that was refused for one of the user's sessions (a changed key)."""
+        return any(
+            r.user_id == user_id and r.refused_keys is not None and r.refused_keys[0] == ed25519
+            for r in self._records.values()
+        )
+
     def vouches_for(self, device: Any) -> bool:
         """A verified device whose keys are still the ones recorded."""
         record = self.record(device.user_id, device.id)

@@ -1,6 +1,6 @@
 """Interactive (emoji/SAS) verification of users' devices, and who may vouch for one.
 
-Flow (the to-device SAS flow of matrix-nio 0.26: start, accept, key, mac):
+Flow (to-device request, ready, then matrix-nio's SAS: start, accept, key, mac; then done):
 
 1. A user sends `!verify` (or, in strict mode, anything at all) from a session the bot has
    not verified. The bot sends that session a verification request.
@@ -87,22 +87,28 @@ class Verifier:
 
     # -- screening incoming messages (called by the sync loop, no I/O) --------------------
 
-    def sending_device(self, event: Any, room_id: str) -> Any:
-        """The device that sent a decrypted message, if its keys prove it; else None.
-
-        The Megolm session must have come straight from that device (not forwarded) and
-        carry that device's Ed25519 key.
-        """
+    def _session(self, event: Any, room_id: str) -> Any:
+        """The Megolm session a message was decrypted with, if it came straight from its
+        sender's device (not forwarded by another)."""
         sender_key = getattr(event, "sender_key", None)
         session_id = getattr(event, "session_id", None)
         olm = self.client.olm
         if not sender_key or not session_id or olm is None:
             return None
-        device = self.client.device_store.device_from_sender_key(event.sender, sender_key)
         session = olm.inbound_group_store.get(room_id, sender_key, session_id)
-        if device is None or session is None or session.forwarding_chain:
+        return None if session is None or session.forwarding_chain else session
+
+    def sending_device(self, event: Any, room_id: str) -> Any:
+        """The device that sent a decrypted message, if its keys prove it; else None.
+
+        The Megolm session must have come straight from that device and carry that
+        device's Ed25519 key.
+        """
+        session = self._session(event, room_id)
+        if session is None:
             return None
-        if session.ed25519 != device.ed25519:
+        device = self.client.device_store.device_from_sender_key(event.sender, session.sender_key)
+        if device is None or session.ed25519 != device.ed25519:
             return None
         return device
 
@@ -120,7 +126,13 @@ class Verifier:
         if word in VERIFY_COMMANDS:
             self._command(item, word, words[1:], device, vouched, readable=trusted)
             return None
-        refused = device is not None and self.trust.is_refused(event.sender, device.id)
+        if device is not None:
+            refused = self.trust.is_refused(event.sender, device.id)
+        else:  # nio keeps a refused device's old keys: look for the new ones we refused
+            session = self._session(event, room_id)
+            refused = session is not None and self.trust.is_refused_key(
+                event.sender, session.ed25519
+            )
         if refused or (self.trust.strict and not vouched):
             sent = (
                 device is not None
@@ -352,9 +364,10 @@ class Verifier:
         handled the sync, so a "start" it parsed is already in `key_verifications`)."""
         for event in events:
             if isinstance(event, KeyVerificationCancel):
+                # nio drops a cancelled SAS at once; the reason is only here.
                 v = self.sessions.get(event.transaction_id)
-                if v is not None and v.phase != "sas" and event.sender == v.user_id:
-                    await self._finish(v, verified=False, reason="it was cancelled")
+                if v is not None and not v.finished and event.sender == v.user_id:
+                    await self._finish(v, verified=False, reason=_REASONS.get(event.code, ""))
                 continue
             if not isinstance(event, UnknownToDeviceEvent):
                 continue
@@ -521,10 +534,11 @@ class Verifier:
             else:
                 reason = "its keys changed during the verification"
         log.info(
-            "verification %s: device=%s after %.1f s",
+            "verification %s: device=%s after %.1f s%s",
             "completed" if verified else "failed",
             v.device_id,
             time.monotonic() - v.started,
+            f" ({reason})" if reason else "",
         )
         rooms_to_tell = list(dict.fromkeys([*v.shown_in, v.request_room]))
         async with self.store.transaction() as tx:
@@ -545,11 +559,14 @@ class Verifier:
         self.on_enqueued(rooms)
 
 
+_REASONS = {
+    "m.user": "it was cancelled",
+    "m.timeout": "it expired",
+    "m.mismatched_sas": "the emoji did not match",
+    "m.key_mismatch": "the keys did not match",
+    "m.mismatched_commitment": "the keys did not match",
+}
+
+
 def _reason(sas: Any) -> str:
-    return {
-        "m.user": "it was cancelled",
-        "m.timeout": "it expired",
-        "m.mismatched_sas": "the emoji did not match",
-        "m.key_mismatch": "the keys did not match",
-        "m.mismatched_commitment": "the keys did not match",
-    }.get(str(sas.cancel_code), "it was cancelled")
+    return _REASONS.get(str(sas.cancel_code), "it was cancelled")

@@ -201,6 +201,13 @@ async def test_a_session_cannot_vouch_for_itself(world: World) -> None:
         assert nurse.verification_state(txn) == "open", "nothing confirmed it on the bot's side"
         assert (await nurse.wait_reply(ask)).body  # the !verify itself was answered
 
+        # The nurse presses "They don't match": nothing is trusted, and the nurse is told.
+        await nurse.client.cancel_key_verification(txn, reject=True)
+        told = await nurse.wait_for(from_bot(world, lambda r: "did not complete" in r.body))
+        assert not told[0].decrypted and "the emoji did not match" in told[0].body
+        later = await nurse.send(dm, "!help")
+        assert "did NOT act" in (await nurse.wait_reply(later)).body
+
 
 async def replace_device_keys(world: World, user: ChatUser) -> str:
     """Upload a new key pair for an existing device ID (Synapse accepts it); the new key."""
@@ -230,11 +237,19 @@ async def replace_device_keys(world: World, user: ChatUser) -> str:
 
 
 async def test_a_known_session_whose_keys_change_is_refused_and_announced(world: World) -> None:
-    async with running(world):  # trust on first use
+    async with running(world) as app:  # trust on first use
         nurse, dm = await open_dm(world, f"keys-{world.bot_user[1:5]}")
         before = await nurse.send(dm, "!help")
         assert (await nurse.wait_reply(before)).decrypted
+        # The nurse's other session, known to everyone before the change.
+        tablet = await second_session(world, nurse, f"keys-tablet-{world.bot_user[1:5]}")
+        assert app.client is not None
+        await until(
+            lambda: tablet.client.device_id in app.client.device_store[nurse.user_id],
+            "the bot knows the tablet",
+        )
 
+        changed_at = time.monotonic()
         await replace_device_keys(world, nurse)
         device = nurse.client.device_id
         alert = (
@@ -242,11 +257,11 @@ async def test_a_known_session_whose_keys_change_is_refused_and_announced(world:
                 from_bot(world, lambda r: r.room_id == world.team_room and "SECURITY" in r.body)
             )
         )[0]
+        alerted = time.monotonic() - changed_at
         assert alert.decrypted
         assert nurse.user_id in alert.body and device in alert.body
 
         # The nurse's other session still works; the refused one gets no key any more.
-        tablet = await second_session(world, nurse, f"keys-tablet-{world.bot_user[1:5]}")
         ask = await tablet.send(dm, "!help")
         answer = await tablet.wait_reply(ask)
         assert answer.decrypted
@@ -261,6 +276,7 @@ async def test_a_known_session_whose_keys_change_is_refused_and_announced(world:
             r for r in world.worker.received if r.sender == world.bot_user and "SECURITY" in r.body
         ]
         assert len(alerts) == 1, "announced once"
+    print(f"\nkey change to team alert: {alerted:.2f} s")
 
 
 def _plain(symbol: str) -> str:

@@ -176,6 +176,9 @@ async def test_a_new_ed25519_key_for_a_known_device_is_refused_and_announced_onc
 
     await served(client, t, replaced)  # served again: no second announcement
     assert len(await team_messages(store)) == 1
+    # Messages signed with the new key are recognised as the refused session's.
+    assert t.is_refused_key(NURSE, replaced.ed25519)
+    assert not t.is_refused_key(NURSE, first_key)
 
     # A restart keeps the refusal: it is in the database, not only in nio's flags.
     again = trust(client, store, strict=False)
