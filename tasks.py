@@ -21,8 +21,11 @@ VENV = ROOT / ".venv"
 BIN = VENV / "bin"
 
 
-def _run(*cmd: str | Path) -> None:
-    result = subprocess.run([str(c) for c in cmd], cwd=ROOT)
+def _run(*cmd: str | Path, timeout: float | None = None) -> None:
+    try:
+        result = subprocess.run([str(c) for c in cmd], cwd=ROOT, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SystemExit(f"timed out after {timeout:.0f} s: {' '.join(map(str, cmd))}") from None
     if result.returncode != 0:
         raise SystemExit(result.returncode)
 
@@ -55,7 +58,8 @@ def test(args: list[str]) -> None:
     ensure_venv("test")
     _run(BIN / "ruff", "check", ".")
     _run(BIN / "mypy")
-    _run(BIN / "python", "-m", "pytest", "-p", "no:cacheprovider", *args)
+    # A hung test (or a thread left running at exit) must fail the run, not stall CI.
+    _run(BIN / "python", "-m", "pytest", "-p", "no:cacheprovider", *args, timeout=1500)
 
 
 def demo(args: list[str]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
+from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
 from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
@@ -21,6 +22,7 @@ from bot.session import open_client, secure_dir
 from bot.store import Store
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
+from bot.verification import Verifier
 from handlers.settings import Settings
 from schemas.config import Config, ConfigError
 
@@ -37,6 +39,8 @@ class BotApp:
         self.pipeline: Pipeline | None = None
         self.sync: SyncLoop | None = None
         self.cross_signing: Outcome | None = None
+        self.trust: DeviceTrust | None = None
+        self.verifier: Verifier | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._clock_task: asyncio.Task[None] | None = None
         self._resume_task: asyncio.Task[None] | None = None
@@ -76,12 +80,26 @@ class BotApp:
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
         settings = Settings.from_config(cfg, team_room)
-        messenger = MatrixMessenger(self.client, cfg.is_allowed_user)
+        self.trust = DeviceTrust(
+            self.client,
+            self.store,
+            settings,
+            strict=cfg.trust.mode == "strict",
+            pinned=cfg.trust.pinned_devices,
+        )
+        await self.trust.load()
+        messenger = MatrixMessenger(self.client, cfg.is_allowed_user, self.trust)
         self.pipeline = Pipeline(self.store, settings, messenger)
         if self.config_path is not None:
             self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
         self.pipeline.on_ack_sent = self.metrics.observe_ack
-        self.sync = SyncLoop(self.client, self.store, self.pipeline, cfg.is_allowed_user)
+        self.trust.on_enqueued = self.pipeline.outbox_workers.kick_all
+        await self.trust.apply_all()  # the mode or the pinned devices may have changed
+        self.verifier = Verifier(self.client, self.store, settings, self.trust)
+        self.verifier.on_enqueued = self.pipeline.outbox_workers.kick_all
+        self.sync = SyncLoop(
+            self.client, self.store, self.pipeline, cfg.is_allowed_user, self.verifier
+        )
         self._sync_task = asyncio.create_task(self._run_sync(), name="sync")
         self._resume_task = asyncio.create_task(self._resume_after_first_sync(), name="resume")
         self._clock_task = asyncio.create_task(

@@ -26,8 +26,12 @@ from nio import (
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
+    UnknownToDeviceEvent,
 )
+from nio.event_builders import ToDeviceMessage
 from nio.store import SqliteStore
+
+from bot.sas import sas_emoji
 
 ENCRYPTION_STATE = {
     "type": "m.room.encryption",
@@ -76,11 +80,14 @@ class ChatUser:
         )
         self.received: list[Received] = []
         self.undecryptable = 0
+        self.undecryptable_ids: list[str] = []
+        # Incoming m.key.verification.request contents (nio does not handle requests).
+        self.verification_requests: list[tuple[str, dict[str, Any]]] = []
         self._changed = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        resp = await self.client.login(self.password, device_name="chat-user")
+    async def start(self, device_name: str = "chat-user") -> None:
+        resp = await self.client.login(self.password, device_name=device_name)
         if not isinstance(resp, LoginResponse):
             raise RuntimeError(f"login failed for {self.user_id}: {resp}")
         if self.client.should_upload_keys:
@@ -88,6 +95,7 @@ class ChatUser:
         self.client.add_event_callback(
             self._on_event, (RoomMessageText, RoomMessageNotice, MegolmEvent)
         )
+        self.client.add_to_device_callback(self._on_to_device, UnknownToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
         self._task = asyncio.create_task(self.client.sync_forever(timeout=3000, loop_sleep_time=0))
 
@@ -98,9 +106,14 @@ class ChatUser:
                 await self._task
         await self.client.close()
 
+    async def _on_to_device(self, event: Any) -> None:
+        if event.type == "m.key.verification.request":
+            self.verification_requests.append((event.sender, dict(event.source["content"])))
+
     async def _on_event(self, room: MatrixRoom, event: Any) -> None:
         if isinstance(event, MegolmEvent):
             self.undecryptable += 1
+            self.undecryptable_ids.append(event.event_id)
             return
         self.received.append(
             Received(
@@ -179,3 +192,72 @@ class ChatUser:
         if not isinstance(resp, RoomSendResponse):
             raise RuntimeError(f"send failed: {resp}")
         return str(resp.event_id)
+
+    # -- interactive verification (the to-device SAS flow), as a user's client does it --
+
+    async def _poll(self, check: Callable[[], Any], what: str, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            await asyncio.sleep(0.02)
+        raise TimeoutError(f"{self.user_id}: no {what} within {timeout} s")
+
+    async def wait_verification_request(self, from_user: str, timeout: float = 20.0) -> str:
+        """A verification request from `from_user`'s device; its transaction ID."""
+
+        def incoming() -> str | None:
+            for sender, content in self.verification_requests:
+                if sender == from_user:
+                    return str(content["transaction_id"])
+            return None
+
+        txn: str = await self._poll(incoming, "verification request", timeout)
+        return txn
+
+    async def accept_verification(self, txn: str, timeout: float = 20.0) -> None:
+        """Accept the request ("ready"), then the emoji verification it starts."""
+        sender, content = next(
+            (s, c) for s, c in self.verification_requests if c["transaction_id"] == txn
+        )
+        ready = {
+            "from_device": self.client.device_id,
+            "methods": ["m.sas.v1"],
+            "transaction_id": txn,
+        }
+        await self.client.to_device(
+            ToDeviceMessage("m.key.verification.ready", sender, content["from_device"], ready)
+        )
+        await self._poll(lambda: txn in self.client.key_verifications, "SAS start", timeout)
+        await self.client.accept_key_verification(txn)
+
+    async def verification_emoji(self, txn: str, timeout: float = 20.0) -> list[tuple[str, str]]:
+        """The emoji this client shows, once keys are exchanged."""
+
+        def emoji() -> list[tuple[str, str]] | None:
+            sas = self.client.key_verifications.get(txn)
+            if sas is None or sas.established_sas is None:
+                return None
+            # Our own key must be out first, or a quick "They match" overtakes it.
+            if any(
+                m.type == "m.key.verification.key" and m.content.get("transaction_id") == txn
+                for m in self.client.outgoing_to_device_messages
+            ):
+                return None
+            return sas_emoji(sas)  # as Element computes them (nio's own are wrong)
+
+        shown: list[tuple[str, str]] = await self._poll(emoji, "emoji", timeout)
+        return shown
+
+    async def confirm_verification(self, txn: str) -> None:
+        """Press "They match"."""
+        await self.client.confirm_short_auth_string(txn)
+
+    def verification_state(self, txn: str) -> str:
+        sas = self.client.key_verifications.get(txn)
+        if sas is None:
+            return "gone"
+        if sas.verified:
+            return "verified"
+        return "canceled" if sas.canceled else "open"

@@ -1,21 +1,21 @@
 """Sending through matrix-nio: Matrix content, the trust decision, refusals.
 
-Trust for now is trust-on-first-use: the first keys seen for a device of an allowed user
-are trusted; devices of anyone else in the room are blacklisted, so they never get a room
-key. The decision is made here, once, before every encrypted send, never by passing
+Which devices get the room key is decided by `bot/device_trust.py` (trust on first use,
+or strict: verified devices only) before every encrypted send, never by passing
 `ignore_unverified_devices=True`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from nio import (
     AsyncClient,
-    MatrixRoom,
     RoomCreateResponse,
     RoomGetStateEventResponse,
     RoomInviteResponse,
@@ -26,6 +26,7 @@ from nio import (
     RoomVisibility,
 )
 
+from bot.device_trust import DeviceTrust
 from handlers.ports import OutgoingMessage, RoomSpec, SendRefused
 
 ENCRYPTION = {
@@ -65,23 +66,27 @@ def matrix_content(message: OutgoingMessage) -> dict[str, Any]:
 
 
 class MatrixMessenger:
-    def __init__(self, client: AsyncClient, is_allowed_user: Callable[[str], bool]) -> None:
+    def __init__(
+        self, client: AsyncClient, is_allowed_user: Callable[[str], bool], trust: DeviceTrust
+    ) -> None:
         self._client = client
         self._is_allowed = is_allowed_user
-        self._lock = asyncio.Lock()
+        self._trust = trust
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
         room = self._client.rooms.get(message.room_id)
         if room is None:
             raise SendFailed("the bot is not (yet) in this room")
-        if message.sensitive and not room.encrypted:
+        if message.sensitive and (message.plaintext or not room.encrypted):
             raise SendRefused("room is not end-to-end encrypted")
+        if message.plaintext:
+            return await self._send_plaintext(message, txn_id)
         if room.encrypted:
             # Trust decisions and Olm session set-up one at a time across rooms, so two
-            # rooms never claim keys for the same device at once. The send itself runs
-            # outside the lock.
-            async with self._lock:
-                await self._apply_trust(room)
+            # rooms never claim keys for the same device at once, and no trust change lands
+            # in the middle of a share. The send itself runs outside the lock.
+            async with self._trust.lock:
+                await self._trust.apply_locked(room)
                 if self._client.olm is not None and self._client.olm.should_share_group_session(
                     room.room_id
                 ):
@@ -180,20 +185,25 @@ class MatrixMessenger:
         if not isinstance(resp, RoomPutStateResponse):
             raise SendFailed("cannot set power levels")
 
-    async def _apply_trust(self, room: MatrixRoom) -> None:
+    async def _send_plaintext(self, message: OutgoingMessage, txn_id: str) -> str:
+        """An unencrypted notice, even in an encrypted room: for a session that cannot
+        decrypt the bot's messages. nio would encrypt it, so it goes to the API directly."""
         client = self._client
-        if not room.members_synced:
-            await client.joined_members(room.room_id)
-        if client.should_query_keys:
-            await client.keys_query()
-        for user_id in room.users:
-            allowed = self._is_allowed(user_id)
-            for device in client.device_store.active_user_devices(user_id):
-                if device.verified or device.blacklisted or device.ignored:
-                    continue
-                if allowed:
-                    client.verify_device(device)
-                    log.info("trusted on first use: user_device=%s", device.id)
-                else:
-                    client.blacklist_device(device)
-                    log.warning("blacklisted device of a user not allowed: device=%s", device.id)
+        path = (
+            f"/_matrix/client/v3/rooms/{quote(message.room_id, safe='')}"
+            f"/send/m.room.message/{quote(txn_id, safe='')}"
+        )
+        resp = await client.send(
+            "PUT",
+            path,
+            json.dumps(matrix_content(message)),
+            headers={
+                "Authorization": f"Bearer {client.access_token}",
+                "Content-Type": "application/json",
+            },
+        )
+        async with resp:
+            data = await resp.json(content_type=None)
+            if resp.status != 200 or not isinstance(data, dict) or "event_id" not in data:
+                raise SendFailed(f"{resp.status}: plain-text send refused")
+            return str(data["event_id"])

@@ -361,6 +361,13 @@ class Tx:
             (key, value),
         )
 
+    async def kv_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
+        async with self._db.execute(
+            "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",
+            (len(prefix), prefix),
+        ) as cur:
+            return [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
+
     # -- inbox -------------------------------------------------------------------------
 
     async def add_inbox(self, items: Iterable[InboxItem]) -> set[str]:

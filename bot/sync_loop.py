@@ -41,6 +41,7 @@ from nio import (
 from bot.events import to_inbox_item
 from bot.pipeline import Pipeline
 from bot.store import InboxItem, Store
+from bot.verification import Verifier
 from handlers.undecryptable import tell_undecryptable
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,14 @@ class SyncLoop:
         store: Store,
         pipeline: Pipeline,
         is_allowed_user: Callable[[str], bool],
+        verifier: Verifier | None = None,
     ) -> None:
         self.client = client
         self.store = store
         self.pipeline = pipeline
         self.is_allowed = is_allowed_user
+        # Device verification and, in strict mode, the gate for unverified sessions.
+        self.verifier = verifier
         self.ready = asyncio.Event()
         self.syncs = 0
         self.failures = 0
@@ -152,12 +156,20 @@ class SyncLoop:
         if not isinstance(resp, SyncResponse):
             raise SyncFailed(type(resp).__name__)
         await self._housekeeping()
+        if self.verifier is not None:
+            await self.verifier.on_to_device(resp.to_device_events)
         await self._answer_invites(resp)
         items = await self._collect(resp, token)
         async with self.store.transaction() as tx:
             rooms = await tx.add_inbox(items)
+            if self.verifier is not None:
+                await self.verifier.write(tx)
             await tx.set_kv(TOKEN_KEY, resp.next_batch)
+            notices = tx.touched_rooms
         self.pipeline.kick_rooms(rooms)
+        self.pipeline.outbox_workers.kick_all(notices)
+        if self.verifier is not None:
+            await self.verifier.act()
         try:
             await self._retry_undecrypted()
         except asyncio.CancelledError:
@@ -171,7 +183,9 @@ class SyncLoop:
         await client.send_to_device_messages()
         if client.should_upload_keys:
             await client.keys_upload()
-        if client.should_query_keys:
+        if self.verifier is not None:
+            await self.verifier.trust.query_keys()
+        elif client.should_query_keys:
             await client.keys_query()
         if client.should_claim_keys:
             await client.keys_claim(client.get_users_for_key_claiming())
@@ -210,6 +224,8 @@ class SyncLoop:
                 if not self.is_allowed(event.sender):
                     continue
                 item = to_inbox_item(event, room_id, encrypted, self.client.user_id, private)
+                if self.verifier is not None:
+                    item = self.verifier.screen(event, room_id, item)
                 if item is not None:
                     if item.state == "undecrypted" and isinstance(event, MegolmEvent):
                         self._maybe_undecrypted = True
@@ -283,18 +299,16 @@ class SyncLoop:
                     overdue.append(event)
                 continue
             room = self.client.rooms.get(item.room_id)
-            results.append(
-                (
-                    item.seq,
-                    to_inbox_item(
-                        decrypted,
-                        item.room_id,
-                        bool(room and room.encrypted),
-                        self.client.user_id,
-                        bool(room and room.member_count <= 2),
-                    ),
-                )
+            decoded = to_inbox_item(
+                decrypted,
+                item.room_id,
+                bool(room and room.encrypted),
+                self.client.user_id,
+                bool(room and room.member_count <= 2),
             )
+            if self.verifier is not None:
+                decoded = self.verifier.screen(decrypted, item.room_id, decoded)
+            results.append((item.seq, decoded))
         if not results and not overdue:
             return
         rooms: set[str] = set()
@@ -312,6 +326,8 @@ class SyncLoop:
                     event_id=event.event_id,
                     sent_at=datetime.fromtimestamp(event.server_timestamp / 1000, UTC),
                 )
+            if self.verifier is not None:
+                await self.verifier.write(tx)
             told = tx.touched_rooms
         self._told_undecryptable.update(e.event_id for e in overdue)
         if results:
@@ -320,3 +336,5 @@ class SyncLoop:
             log.warning("still undecryptable, sender told: event=%s", event.event_id)
         self.pipeline.kick_rooms(rooms)
         self.pipeline.outbox_workers.kick_all(told)
+        if self.verifier is not None:
+            await self.verifier.act()

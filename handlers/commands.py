@@ -23,6 +23,8 @@ HELP: tuple[tuple[str, str], ...] = (
     ("!refer", "send a referral: !refer on the first line, then one 'Field: value' per line"),
     ("!status REF-…", "where your referral is now (referrers see only their own)"),
     ("!amend REF-… text", "add a correction to your referral (the referral as sent is kept)"),
+    ("!verify [SESSION]", "verify one of your sessions (devices) with me, by comparing emoji"),
+    ("!verify-match SESSION", "from a verified session: my emoji match that session's"),
 )
 TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!queue", "open referrals, oldest first, with deadlines"),
@@ -41,6 +43,8 @@ TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!link REF-… REF-…", "count two records as the same child (!unlink to undo)"),
     ("!chronology REF-…", "the referral and its chronology for the case record"),
     ("!strategy REF-… [when]", "set up an encrypted strategy meeting room; you chair it"),
+    ("!verify-match @user SESSION", "after phoning them: their session shows my emoji"),
+    ("!verify-reject @user SESSION", "their session shows other emoji: cancel"),
 )
 
 # Commands for the advice team: (handler, managers only).

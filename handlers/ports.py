@@ -50,6 +50,9 @@ class OutgoingMessage:
     sensitive: bool = True
     # Users to notify (Matrix intentional mentions); nobody else is ever pinged.
     mentions: tuple[str, ...] = ()
+    # Sent unencrypted even in an encrypted room, for the one reader who cannot decrypt
+    # the bot's messages: a device not yet verified. Never for sensitive messages.
+    plaintext: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -213,6 +213,34 @@ class RetentionConfig(_Strict):
     sent_outbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
 
 
+class PinnedDevice(_Strict):
+    """A device the operator checked in person: its owner, ID and Ed25519 fingerprint."""
+
+    user_id: str
+    device_id: str = Field(min_length=1, max_length=255)
+    ed25519: str = Field(description="the session key as the user's client shows it")
+
+    @field_validator("user_id")
+    @classmethod
+    def _user(cls, v: str) -> str:
+        return _check_user_ids([v])[0]
+
+    @field_validator("ed25519")
+    @classmethod
+    def _key(cls, v: str) -> str:
+        key = "".join(v.split())  # clients show the key in groups of four
+        if not re.fullmatch(r"[A-Za-z0-9+/]{43}", key):
+            raise ValueError("must be the 43-character Ed25519 session key (spaces allowed)")
+        return key
+
+
+class TrustConfig(_Strict):
+    """Which devices get room keys: trust on first use, or interactive verification only."""
+
+    mode: Literal["tofu", "strict"] = "tofu"
+    pinned_devices: list[PinnedDevice] = Field(default_factory=list)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "json": one JSON object per line (ts, level, logger, message, and the IDs it names).
@@ -275,6 +303,7 @@ class Config(_Strict):
     disagreement: DisagreementConfig = DisagreementConfig()
     meetings: MeetingsConfig = MeetingsConfig()
     retention: RetentionConfig = RetentionConfig()
+    trust: TrustConfig = TrustConfig()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig | None = None
 

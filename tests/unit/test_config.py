@@ -125,3 +125,36 @@ def test_no_http_section_means_no_endpoint_and_text_logs(tmp_path: Path) -> None
     assert config.http is None and config.logging.format == "text"
     with pytest.raises(ConfigError, match=r"logging.format: Input should be 'text' or 'json'"):
         load_config(write(tmp_path, GOOD + '[logging]\nformat = "xml"\n'))
+
+
+STRICT = """
+[trust]
+mode = "strict"
+[[trust.pinned_devices]]
+user_id = "@manager:example.org"
+device_id = "ABCDEFGHIJ"
+ed25519 = "p2oD wnVt 73/n LHDR +TOR hEfe Vpp1 BnmI DXaX licf eJI"
+"""
+
+
+def test_strict_trust_with_a_pinned_device_as_clients_show_its_key(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, GOOD + STRICT))
+    assert config.trust.mode == "strict"
+    [pin] = config.trust.pinned_devices
+    assert pin.ed25519 == "p2oDwnVt73/nLHDR+TORhEfeVpp1BnmIDXaXlicfeJI"
+    assert load_config(write(tmp_path, GOOD)).trust.mode == "tofu"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        (('"strict"', '"paranoid"'), "trust.mode: Input should be 'tofu' or 'strict'"),
+        (("eJI", "eJ"), "trust.pinned_devices.0.ed25519: must be the 43-character"),
+        (('"@manager:example.org"', '"manager"'), "trust.pinned_devices.0.user_id"),
+        (("device_id", "device"), "trust.pinned_devices.0.device: unknown key"),
+    ],
+)
+def test_trust_mistakes_are_named(tmp_path: Path, change: tuple[str, str], expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, GOOD + STRICT.replace(*change)))
+    assert expected in str(err.value)
