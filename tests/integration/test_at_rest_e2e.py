@@ -9,43 +9,23 @@ import secrets
 import shutil
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Iterable
-from contextlib import asynccontextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
 
-from bot.app import BotApp
 from bot.store import InboxItem, Tx
 from bot.sync_loop import TOKEN_KEY
 from bot.world import World
 from tests.forms import referral
+from tests.integration.live import db_rows, running
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running(world: World) -> AsyncIterator[BotApp]:
-    app = BotApp(world.config)
-    await app.start()
-    try:
-        await app.wait_ready()
-        yield app
-    finally:
-        await app.shutdown()
 
 
 def letters(n: int) -> str:
     """Random letters, so the strings below exist nowhere else."""
     return "".join(chr(ord("a") + b % 26) for b in secrets.token_bytes(n))
-
-
-def db_rows(world: World, sql: str, *args: object) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(world.config.storage.data_dir / "referrals.db")
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
 
 
 def readable(data_dir: Path, needles: list[str]) -> list[str]:

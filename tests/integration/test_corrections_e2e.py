@@ -10,7 +10,7 @@ from nio import RoomRedactResponse
 
 from bot.world import World
 from tests.forms import referral
-from tests.integration.test_intake_e2e import db_rows, open_dm, running
+from tests.integration.live import db_rows, open_dm, running
 from tests.integration.test_workflow_e2e import in_thread
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from bot.chat_user import ChatUser
 from bot.world import World
 from tests.forms import referral
 from tests.integration.botproc import BotProcess, poll_until
-from tests.integration.test_intake_e2e import db_rows
+from tests.integration.live import db_rows
 
 pytestmark = pytest.mark.integration
 

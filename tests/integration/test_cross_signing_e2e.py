@@ -12,8 +12,6 @@ import base64
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +21,9 @@ import pytest
 from signedjson.key import decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, verify_signed_json
 
-from bot.app import BotApp
 from bot.cross_signing import KEY_FILE, Outcome
 from bot.world import World
+from tests.integration.live import running
 
 pytestmark = pytest.mark.integration
 
@@ -45,17 +43,6 @@ def element_crypto() -> Path:
         timeout=300,
     )
     return INTEROP / "check_devices.mjs"
-
-
-@asynccontextmanager
-async def running(world: World) -> AsyncIterator[BotApp]:
-    app = BotApp(world.config)
-    await app.start()
-    try:
-        await app.wait_ready()
-        yield app
-    finally:
-        await app.shutdown()
 
 
 async def keys_query(world: World, access_token: str, user_id: str) -> dict[str, Any]:

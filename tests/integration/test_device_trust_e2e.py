@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ import pytest
 import vodozemac
 from nio.api import Api
 
-from bot.app import BotApp
 from bot.chat_user import ChatUser, Received
 from bot.world import World
 from tests.forms import referral
+from tests.integration.live import open_dm, running
 from tests.integration.test_cross_signing_e2e import element_crypto
 
 __all__ = ["element_crypto"]  # the fixture: Element's crypto library, installed with npm
@@ -44,24 +43,6 @@ def make_strict(world: World, pinned: list[ChatUser]) -> None:
         ]
     with world.config_path.open("a", encoding="utf-8") as fh:
         fh.write("\n".join(lines) + "\n")
-
-
-@asynccontextmanager
-async def running(world: World) -> AsyncIterator[BotApp]:
-    app = BotApp(world.config)
-    await app.start()
-    try:
-        await app.wait_ready()
-        yield app
-    finally:
-        await app.shutdown()
-
-
-async def open_dm(world: World, name: str) -> tuple[ChatUser, str]:
-    user = await world.add_user(name)
-    room = await user.create_room(invite=[world.bot_user], encrypted=True)
-    await user.wait_joined(room, world.bot_user)
-    return user, room
 
 
 async def second_session(world: World, user: ChatUser, name: str) -> ChatUser:

@@ -3,45 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 
-from bot.app import BotApp
 from bot.chat_user import ChatUser
 from bot.world import World
 from tests.forms import referral
+from tests.integration.live import db_rows, open_dm, running
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running(world: World) -> AsyncIterator[BotApp]:
-    app = BotApp(world.config)
-    await app.start()
-    try:
-        await app.wait_ready()
-        yield app
-    finally:
-        await app.shutdown()
-
-
-def db_rows(world: World, sql: str, *args: object) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(world.config.storage.data_dir / "referrals.db")
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
-
-
-async def open_dm(world: World, name: str) -> tuple[ChatUser, str]:
-    user = await world.add_user(name)
-    room = await user.create_room(invite=[world.bot_user], encrypted=True)
-    await user.wait_joined(room, world.bot_user)
-    return user, room
 
 
 def bot_replies(user: ChatUser, world: World, event_id: str) -> list[str]:

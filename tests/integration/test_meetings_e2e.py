@@ -13,7 +13,7 @@ from nio import RoomGetStateEventResponse
 from bot.chat_user import ChatUser
 from bot.world import World
 from tests.forms import referral
-from tests.integration.test_intake_e2e import db_rows, open_dm, running
+from tests.integration.live import db_rows, open_dm, running
 
 pytestmark = pytest.mark.integration
 

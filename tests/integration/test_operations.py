@@ -8,7 +8,6 @@ import json
 import re
 import signal
 import socket
-import sqlite3
 import sys
 from collections import Counter
 from pathlib import Path
@@ -20,6 +19,7 @@ from bot.app import BotApp
 from bot.http_ops import OpsServer
 from bot.world import World
 from tests.forms import referral
+from tests.integration.live import db_rows
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +64,6 @@ def metric(text: str, name: str, **labels: str) -> float | None:
         if got == labels:
             return float(m.group(3))
     return None
-
-
-def db_rows(world: World, sql: str) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(world.config.storage.data_dir / "referrals.db")
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
 
 
 async def test_health_is_503_with_a_reason_until_logged_in(world: World) -> None:

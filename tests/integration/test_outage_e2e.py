@@ -25,7 +25,7 @@ from bot.world import World, make_world
 from tests.forms import referral
 from tests.integration.botproc import poll_until
 from tests.integration.faulty_proxy import FaultyProxy
-from tests.integration.test_intake_e2e import db_rows, running
+from tests.integration.live import db_rows, running
 
 pytestmark = pytest.mark.integration
 

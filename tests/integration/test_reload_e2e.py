@@ -11,7 +11,7 @@ import pytest
 from bot.world import World
 from tests.forms import referral
 from tests.integration.botproc import BotProcess
-from tests.integration.test_intake_e2e import db_rows, open_dm
+from tests.integration.live import db_rows, open_dm
 
 pytestmark = pytest.mark.integration
 

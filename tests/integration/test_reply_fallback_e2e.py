@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import html
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 
-from bot.app import BotApp
 from bot.world import World
 from tests.forms import referral
+from tests.integration.live import running
 
 pytestmark = pytest.mark.integration
-
-
-@asynccontextmanager
-async def running(world: World) -> AsyncIterator[BotApp]:
-    app = BotApp(world.config)
-    await app.start()
-    try:
-        await app.wait_ready()
-        yield app
-    finally:
-        await app.shutdown()
 
 
 def referral_count(world: World) -> int:

@@ -19,7 +19,8 @@ from bot.chat_user import ChatUser
 from bot.world import World
 from tests.forms import referral
 from tests.integration.botproc import poll_until
-from tests.integration.test_intake_e2e import bot_replies, db_rows, open_dm, running
+from tests.integration.live import db_rows, open_dm, running
+from tests.integration.test_intake_e2e import bot_replies
 
 pytestmark = pytest.mark.integration
 

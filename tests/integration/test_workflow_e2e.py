@@ -12,7 +12,7 @@ import pytest
 from bot.chat_user import Received
 from bot.world import World
 from tests.forms import referral
-from tests.integration.test_intake_e2e import db_rows, open_dm, running
+from tests.integration.live import db_rows, open_dm, running
 
 pytestmark = pytest.mark.integration
 

@@ -1,0 +1,40 @@
+"""What the integration tests share: a running bot, a practitioner's DM, the stored rows."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from bot.app import BotApp
+from bot.chat_user import ChatUser
+from bot.world import World
+
+
+@asynccontextmanager
+async def running(world: World) -> AsyncIterator[BotApp]:
+    """The bot, in this process, from the world's config file, until the block ends."""
+    app = BotApp(world.config)
+    await app.start()
+    try:
+        await app.wait_ready()
+        yield app
+    finally:
+        await app.shutdown()
+
+
+def db_rows(world: World, sql: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows as stored: what an auditor with the database file would see."""
+    db = sqlite3.connect(world.config.storage.data_dir / "referrals.db")
+    try:
+        return db.execute(sql, args).fetchall()
+    finally:
+        db.close()
+
+
+async def open_dm(world: World, name: str) -> tuple[ChatUser, str]:
+    """A new practitioner with an encrypted DM that the bot has joined."""
+    user = await world.add_user(name)
+    room = await user.create_room(invite=[world.bot_user], encrypted=True)
+    await user.wait_joined(room, world.bot_user)
+    return user, room
