@@ -51,6 +51,21 @@ def _duration(seconds: int) -> str:
     return f"{minutes}m"
 
 
+DIGEST_LINES = 40
+
+
+def _digest_lines(referrals: list[Referral], now: datetime) -> list[str]:
+    lines = [
+        f"{r.ref} · {LABEL[r.current_type]} · "
+        f"{('claimed by ' + r.claimed_by) if r.claimed_by else 'NOT CLAIMED'} · "
+        f"due {describe_deadline(r.decision_due)} · {time_left(r.decision_due, now)}"
+        for r in referrals[:DIGEST_LINES]
+    ]
+    if len(referrals) > DIGEST_LINES:
+        lines.append(f"… and {len(referrals) - DIGEST_LINES} more: !queue lists them all")
+    return lines
+
+
 def age_of(referral: Referral, now: datetime) -> str:
     return _duration(max(0, int((now - referral.received_at).total_seconds())))
 
@@ -65,45 +80,53 @@ async def check_deadlines(tx: Tx, settings: Settings) -> int:
     warn = timedelta(minutes=cfg.warn_before_minutes)
     interval = timedelta(minutes=cfg.reminder_interval_minutes)
     queued = 0
+    overdue: list[Referral] = []
+    near: list[Referral] = []
     for r in await tx.open_referrals():
         if now < r.decision_due - warn:
             continue
         if r.last_reminder_at is not None and now - r.last_reminder_at < interval:
             continue
-        overdue = now >= r.decision_due
-        who = f"claimed by {r.claimed_by}" if r.claimed_by else "NOT CLAIMED"
+        (overdue if now >= r.decision_due else near).append(r)
+    if overdue or near:
+        # One digest per check, however many are due: a backlog must not flood the room.
         doc = Doc()
         if overdue:
-            doc.para(f"OVERDUE: {r.ref} has no decision and its deadline has passed.", strong=True)
-        else:
-            doc.para(f"Deadline near: {r.ref} needs a decision soon.", strong=True)
-        doc.fields(
-            ("Type", LABEL[r.current_type]),
-            ("Status", who),
-            ("Decision due", describe_deadline(r.decision_due)),
-            ("Time", time_left(r.decision_due, now)),
-        )
+            doc.para(
+                f"OVERDUE: {len(overdue)} referral(s) have no decision and are past their "
+                "deadline.",
+                strong=True,
+            )
+            doc.bullets(*_digest_lines(overdue, now))
+        if near:
+            doc.para(f"Deadline near: {len(near)} referral(s) need a decision soon.", strong=True)
+            doc.bullets(*_digest_lines(near, now))
         mentions: tuple[str, ...] = ()
         if overdue and settings.managers:
             mentions = tuple(sorted(settings.managers))
             doc.para("Managers: " + ", ".join(mentions))
+        stamp = now.isoformat(timespec="seconds")
         await team_message(
             tx,
             settings,
             doc,
-            txn_id=txn_id_for(f"{r.ref}#reminder{r.reminder_count + 1}", "reminder"),
+            txn_id=txn_id_for(f"deadlines#{stamp}", "reminder"),
             purpose="reminder",
-            referral_id=r.id,
             mentions=mentions,
         )
-        await tx.append_record(
-            r.id,
-            settings.bot_user_id,
-            "deadline_reminder",
-            {"overdue": overdue, "claimed_by": r.claimed_by, "due": r.decision_due.isoformat()},
-        )
-        await tx.mark_reminded(r.id)
-        queued += 1
+        for r in overdue + near:
+            await tx.append_record(
+                r.id,
+                settings.bot_user_id,
+                "deadline_reminder",
+                {
+                    "overdue": r in overdue,
+                    "claimed_by": r.claimed_by,
+                    "due": r.decision_due.isoformat(),
+                },
+            )
+            await tx.mark_reminded(r.id)
+            queued += 1
     for r in await tx.followups_overdue():
         doc = Doc().para(
             f"Written follow-up missing: {r.ref} was a telephone referral and its written "

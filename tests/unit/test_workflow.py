@@ -340,3 +340,14 @@ advice_team = "{TEAM_ROOM}"
     assert data["ref"] == ref and data["declared_type"] == "child protection referral"
     assert [e["kind"] for e in data["record"]][:1] == ["received"]
     assert oct(md.stat().st_mode & 0o777) == "0o600"
+
+
+async def test_a_backlog_of_late_referrals_is_one_digest_not_a_flood(h: Harness) -> None:
+    for _ in range(45):
+        await refer(h, Referral_type="contact")
+    before = len(h.team())
+    assert await h.tick(timedelta(days=7)) == 45
+    [digest] = h.team()[before:]
+    assert digest.body.startswith("OVERDUE: 45 referral(s)")
+    assert "… and 5 more: !queue lists them all" in digest.body
+    assert digest.mentions == (MANAGER,)
