@@ -5,7 +5,9 @@
 
 Every referral goes through the bot's own use case (`take_referral`, in the bot's own
 transactions), so the rows are exactly what the bot writes: the referral with its form,
-the running record, the inbox row and the two outgoing messages, marked sent. Names are
+the running record, the inbox row and the two outgoing messages, marked sent. Referrals
+older than a day are then claimed and decided (store calls, with their record
+entries), so only the last day's (about 55) are open, as in a real service. Names are
 made up and numbered ("Testchild 004217"); no real person's details are used.
 """
 
@@ -19,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.keyring import Keyring
-from bot.store import InboxItem, Store
+from bot.store import InboxItem, Store, Tx
 from handlers.intake import take_referral
 from handlers.ports import Incoming
 from handlers.settings import Settings
@@ -78,6 +80,35 @@ def fake_referral(n: int, rng: random.Random, received: datetime) -> str:
     return "\n".join(lines)
 
 
+OPEN_DAYS = 1
+OUTCOMES = (
+    "proceed to child and family assessment",
+    "strategy discussion (section 47)",
+    "early help",
+    "no further action, with advice/signposting",
+)
+
+
+async def _decide(tx: Tx, event_id: str, received: datetime, rng: random.Random) -> None:
+    """Claim and decide a seeded referral, a day after it arrived, as the workflow does."""
+    referral = await tx.referral_by_event(event_id)
+    if referral is None:
+        return
+    worker = f"@adviser{rng.randrange(20):02d}:localhost"
+    now = tx.now
+    tx.now = received + timedelta(hours=rng.randint(1, 24))
+    try:
+        await tx.claim(referral.id, worker)
+        await tx.append_record(referral.id, worker, "claimed", {})
+        outcome = rng.choice(OUTCOMES)
+        await tx.decide(referral.id, outcome, worker)
+        await tx.append_record(
+            referral.id, worker, "decided", {"outcome": outcome, "reason": "Seeded decision."}
+        )
+    finally:
+        tx.now = now
+
+
 async def seed(
     db_path: Path, count: int, keyring: Keyring, *, batch: int = 2000, seed_value: int = 6
 ) -> float:
@@ -86,6 +117,9 @@ async def seed(
     settings = Settings(bot_user_id="@referral-bot:localhost", advice_team_room="!team:localhost")
     store = await Store.open(db_path, keyring)
     start = datetime.now(UTC) - timedelta(days=5 * 365)
+    # Older referrals have been decided (as they would be in a real service); only the
+    # last weeks' are still open, so the deadline clock sees a realistic queue.
+    decided_before = datetime.now(UTC) - timedelta(days=OPEN_DAYS)
     step = timedelta(days=5 * 365) / max(count, 1)
     started = time.monotonic()
     try:
@@ -111,6 +145,8 @@ async def seed(
                         body=fake_referral(n, rng, received),
                     )
                     await take_referral(tx, msg, settings)
+                    if received < decided_before:
+                        await _decide(tx, event_id, received, rng)
                 for pending in await tx.rooms_with_pending():
                     while (item := await tx.next_pending(pending)) is not None:
                         await tx.mark_handled(item.seq)

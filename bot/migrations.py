@@ -212,6 +212,17 @@ MIGRATIONS: list[tuple[int, str]] = [
         INSERT INTO kv (key, value) VALUES ('legacy_rows_to_seal', '1');
         """,
     ),
+    (
+        5,
+        """
+        -- The deadline clock asks for telephone referrals with an overdue written follow-up
+        -- on every tick, inside its write transaction; without an index that read the
+        -- whole referrals table (docs/BENCHMARKS.md). Partial: only the ones still waiting.
+        CREATE INDEX referrals_followup_due ON referrals (written_followup_due)
+            WHERE channel = 'phone' AND written_followup_at IS NULL
+            AND followup_flagged_at IS NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -7,6 +7,7 @@ the bot exactly as an operator would: from a TOML file, with secrets in files.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,25 @@ class World:
     def config(self) -> Config:
         return load_config(self.config_path)
 
-    def configure(self, *, http_listen: str | None = None, log_format: str | None = None) -> None:
-        """Turn on the operations endpoint and/or JSON logs in the config file."""
+    def configure(
+        self,
+        *,
+        http_listen: str | None = None,
+        log_format: str | None = None,
+        advice_team: list[str] | None = None,
+    ) -> None:
+        """Turn on the operations endpoint and/or JSON logs, or replace the advice-team
+        members, in the config file."""
         text = self.config_path.read_text(encoding="utf-8")
+        if advice_team is not None:
+            members = ", ".join(f'"{m}"' for m in advice_team)
+            text = re.sub(
+                r"^(\[team\]\nadvice_team = )\[[^\]]*\]",
+                lambda m: f"{m.group(1)}[{members}]",
+                text,
+                count=1,
+                flags=re.MULTILINE,
+            )
         if log_format is not None:
             text = text.replace("[logging]\n", f'[logging]\nformat = "{log_format}"\n', 1)
         if http_listen is not None:

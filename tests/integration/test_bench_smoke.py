@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.ack_latency import Options, run_benchmark
+from bench.claim_contention import ClaimOptions, run_claims
 from bot.devserver import DevSynapse
 
 pytestmark = pytest.mark.integration
@@ -24,3 +25,14 @@ async def test_benchmark_smoke_run(synapse: DevSynapse) -> None:
     assert results["peak_rss_mb"]["referral-bot"] > 0
     assert results["bot_exit_code"] == 0
     assert results["summary"][0]["rate"] == 2.0
+
+
+async def test_claim_contention_smoke_run(synapse: DevSynapse) -> None:
+    results = await run_claims(ClaimOptions(workers=4, rounds=1), hs=synapse)
+    (only,) = results["rounds"]
+    assert only["answered"] == 4 and only["duplicates"] == 0
+    assert len(only["winners"]) == 1, only
+    assert only["losers_naming_winner"] == 3 and only["unexpected"] == []
+    assert results["summary"]["all_rounds_ok"] is True
+    assert results["summary"]["p99_ms"] > 0
+    assert results["bot_exit_code"] == 0

@@ -187,3 +187,19 @@ async def test_the_read_connection_sees_commits_and_cannot_write(tmp_path: Path)
         with pytest.raises(sqlite3.OperationalError, match="readonly"):
             await tx.set_kv("k", "forged")
     await store.close()
+
+
+async def test_the_deadline_clocks_followup_query_does_not_scan_every_referral(
+    tmp_path: Path,
+) -> None:
+    # The query of Tx.followups_overdue, run on every tick of the deadline clock.
+    store = await Store.open(tmp_path / "r.db", KEYRING)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "r.db")
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM referrals WHERE channel = 'phone'"
+        " AND written_followup_at IS NULL AND written_followup_due <= ?"
+        " AND followup_flagged_at IS NULL",
+        ("2026-11-27T16:00:00+00:00",),
+    ).fetchall()
+    assert "USING INDEX referrals_followup_due" in " ".join(str(row) for row in plan)
