@@ -41,6 +41,20 @@ def safe_text(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
+def _item(
+    event: Event, room_id: str, encrypted: bool, state: str, payload: dict[str, Any]
+) -> InboxItem:
+    return InboxItem(
+        event_id=event.event_id,
+        room_id=room_id,
+        sender=event.sender,
+        origin_ts=event.server_timestamp,
+        room_encrypted=encrypted,
+        state=state,
+        payload=payload,
+    )
+
+
 def to_inbox_item(
     event: Event, room_id: str, room_encrypted: bool, bot_user_id: str, private: bool = False
 ) -> InboxItem | None:
@@ -53,37 +67,25 @@ def to_inbox_item(
         return None
     if isinstance(event, MegolmEvent):
         # Keep the encrypted event: it is retried when its room key arrives.
-        return InboxItem(
-            event_id=event.event_id,
-            room_id=room_id,
-            sender=event.sender,
-            origin_ts=event.server_timestamp,
-            room_encrypted=True,
-            state="undecrypted",
-            payload=event.source,
-        )
+        return _item(event, room_id, True, "undecrypted", event.source)
     if isinstance(event, RoomMemberEvent):
         # Attendance at strategy meetings follows joins, declines and leaves.
-        return InboxItem(
-            event_id=event.event_id,
-            room_id=room_id,
-            sender=event.sender,
-            origin_ts=event.server_timestamp,
-            room_encrypted=room_encrypted,
-            state="pending",
-            payload={"membership": event.membership, "target": event.state_key},
+        return _item(
+            event,
+            room_id,
+            room_encrypted,
+            "pending",
+            {"membership": event.membership, "target": event.state_key},
         )
     if isinstance(event, RedactionEvent):
         # Deleting a referral's message must not delete the referral: the handler keeps
         # the record and says so. Only the IDs are stored.
-        return InboxItem(
-            event_id=event.event_id,
-            room_id=room_id,
-            sender=event.sender,
-            origin_ts=event.server_timestamp,
-            room_encrypted=room_encrypted,
-            state="pending",
-            payload={"redacts": event.redacts, "private": private},
+        return _item(
+            event,
+            room_id,
+            room_encrypted,
+            "pending",
+            {"redacts": event.redacts, "private": private},
         )
     if not isinstance(event, RoomMessageText):
         # Notices (other bots), emotes, media and state are not commands.
@@ -99,14 +101,12 @@ def to_inbox_item(
             return None
         new = content.get("m.new_content")
         new_body = new.get("body") if isinstance(new, dict) else None
-        return InboxItem(
-            event_id=event.event_id,
-            room_id=room_id,
-            sender=event.sender,
-            origin_ts=event.server_timestamp,
-            room_encrypted=True,
-            state="pending",
-            payload={
+        return _item(
+            event,
+            room_id,
+            True,
+            "pending",
+            {
                 "edit_of": edit_of,
                 "command": isinstance(new_body, str) and new_body.lstrip().startswith("!"),
                 "private": private,
@@ -122,12 +122,4 @@ def to_inbox_item(
     else:
         # `private`: only the bot and the sender are in the room (a direct message).
         payload = {"body": body, "private": private}
-    return InboxItem(
-        event_id=event.event_id,
-        room_id=room_id,
-        sender=event.sender,
-        origin_ts=event.server_timestamp,
-        room_encrypted=encrypted,
-        state="pending",
-        payload=payload,
-    )
+    return _item(event, room_id, encrypted, "pending", payload)
