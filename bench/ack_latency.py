@@ -229,6 +229,9 @@ class PhaseResult:
     sustained: bool
     # CPU seconds used during the phase (sending and draining), per process.
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # With --samples: [event ID, wall-clock time of the send, latency in ms] per message,
+    # to join the slow ones with the bot's own timestamps (inbox, outbox) afterwards.
+    samples: list[tuple[str, float, float]] = field(default_factory=list)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -250,6 +253,7 @@ class _Raw:
     send_span: float
     latencies_ms: list[float]
     cpu_s: dict[str, float]
+    samples: list[tuple[str, float, float]]
 
 
 async def _drive(
@@ -263,6 +267,7 @@ async def _drive(
     cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
     total = max(1, round(rate * duration))
     sent: list[tuple[str, float]] = []
+    wall: dict[str, float] = {}
     failures = 0
 
     async def one(i: int) -> None:
@@ -270,12 +275,14 @@ async def _drive(
         user = users[i % len(users)]
         body = fake_referral(rng.randrange(10**6), rng, datetime.now(UTC))
         t0 = time.monotonic()
+        wall_t0 = time.time()
         try:
             event_id = await user.send(target.rooms[i % len(users)], body)
         except RuntimeError:
             failures += 1
             return
         sent.append((event_id, t0))
+        wall[event_id] = wall_t0
 
     start = time.monotonic()
     tasks = []
@@ -320,6 +327,11 @@ async def _drive(
         send_span=send_span,
         latencies_ms=[(first_reply[e] - t0) * 1000 for e, t0 in sent if e in first_reply],
         cpu_s=cpu,
+        samples=[
+            (e, wall[e], round((first_reply[e] - t0) * 1000, 2))
+            for e, t0 in sent
+            if e in first_reply
+        ],
     )
 
 
@@ -357,6 +369,7 @@ def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> P
             and achieved >= 0.95 * rate
         ),
         cpu_s=cpu,
+        samples=[s for raw in raws for s in raw.samples],
     )
 
 
@@ -415,6 +428,7 @@ class Options:
     search_duration: float = 20.0
     out: Path | None = None
     keep: bool = False
+    samples: bool = False
 
 
 def machine() -> dict[str, Any]:
@@ -516,9 +530,14 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
             db_path = world.config.storage.data_dir / "referrals.db"
             keyring = Keyring(world.config.storage.database_key.read())
             took = await seed(db_path, opts.seed, keyring)
+            # The seeder leaves hundreds of MB of dirty pages for the kernel to write back;
+            # without this the restart below would be timed against that write-back.
+            flushed = time.monotonic()
+            os.sync()
             results["seed"] = {
                 "referrals": opts.seed,
                 "seconds": round(took, 1),
+                "sync_s": round(time.monotonic() - flushed, 2),
                 "db_mb": round(db_path.stat().st_size / 1e6, 1),
                 "exit_code_before_seed": code,
             }
@@ -552,8 +571,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                     for target in (baseline, referral)
                 ]
             for phase in phases:
-                results["phases"].append(asdict(phase))
-                print(json.dumps(asdict(phase)), flush=True)
+                _record(results, phase, opts)
 
         if opts.find_max:
             # Step the rate up; at each step both bots get `search_duration` seconds of
@@ -566,8 +584,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                     if target.name not in still:
                         continue
                     phase = await run_phase(users, target, rate, opts.search_duration, rng, pids())
-                    results["phases"].append({**asdict(phase), "search": True})
-                    print(json.dumps({**asdict(phase), "search": True}), flush=True)
+                    _record(results, phase, opts, search=True)
                     if phase.sustained:
                         best[target.name] = rate
                     else:
@@ -610,6 +627,15 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
             shutil.rmtree(base, ignore_errors=True)
 
 
+def _record(results: dict[str, Any], phase: PhaseResult, opts: Options, **extra: Any) -> None:
+    row = {**asdict(phase), **extra}
+    samples = row.pop("samples")
+    print(json.dumps(row), flush=True)
+    if opts.samples:
+        row["samples"] = samples
+    results["phases"].append(row)
+
+
 def summarise(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per rate (non-search phases): referral-bot over echo ratios."""
     rows = []
@@ -648,6 +674,9 @@ def main() -> None:
     parser.add_argument("--search-duration", type=float, default=20.0)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    parser.add_argument(
+        "--samples", action="store_true", help="per-message event ID, send time and latency"
+    )
     args = parser.parse_args()
     opts = Options(
         practitioners=args.practitioners,
@@ -661,6 +690,7 @@ def main() -> None:
         search_duration=args.search_duration,
         out=args.out,
         keep=args.keep,
+        samples=args.samples,
     )
     results = asyncio.run(run_benchmark(opts))
     text = json.dumps(results, indent=2)

@@ -170,6 +170,7 @@ class BotApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sync_task
         if self.pipeline is not None:
+            self.pipeline.stopping = True  # summaries waiting to be batched go now
             try:
                 await asyncio.wait_for(self.pipeline.wait_idle(), drain_timeout)
             except TimeoutError:

@@ -223,6 +223,20 @@ MIGRATIONS: list[tuple[int, str]] = [
             AND followup_flagged_at IS NULL;
         """,
     ),
+    (
+        6,
+        """
+        -- /metrics counts referrals by type and state on every scrape. Without an index
+        -- that read every row of referrals, forms included (900 MB with 100,000 of them:
+        -- 0.1 s from the page cache, 2.4 s from disk); this index answers it alone.
+        CREATE INDEX referrals_by_type_state ON referrals (current_type, state);
+
+        -- New-referral summaries that go to the advice-team room together, as one
+        -- message: the batch's transaction ID, fixed before the send so that a retry after
+        -- a crash sends exactly the same batch (the homeserver drops the copy).
+        ALTER TABLE outbox ADD COLUMN batch TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

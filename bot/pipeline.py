@@ -21,6 +21,7 @@ from collections.abc import Callable
 from bot.room_workers import RoomWorkers
 from bot.store import OutboxRow, RoomJob, Store
 from handlers.commands import handle_message
+from handlers.intake import combine_team_summaries
 from handlers.meetings import room_created, room_spec
 from handlers.ports import (
     Incoming,
@@ -40,6 +41,11 @@ JOBS = "room-jobs"
 # A referral's other messages (the advice-team summary) wait for its acknowledgement to
 # be sent, so the two do not compete at the homeserver; never longer than this.
 ACK_FIRST_MAX_WAIT_S = 2.0
+# Messages that may be gathered into one under load (Pipeline._deliver_batch).
+BATCHED = frozenset({"team_summary"})
+MAX_BATCH = 10
+MAX_BATCH_BYTES = 24_000
+BATCH_POLL_S = 0.25
 
 
 class Pipeline:
@@ -59,6 +65,10 @@ class Pipeline:
         self.on_ack_sent: Callable[[float], None] | None = None
         self._acks_done = asyncio.Condition()
         self._acks_done_count = 0
+        # When each room last got a batched message (event-loop time).
+        self._last_batch_at: dict[str, float] = {}
+        # Set on shutdown: whatever is queued goes out now, without waiting to batch.
+        self.stopping = False
 
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""
@@ -194,9 +204,55 @@ class Pipeline:
             if not rows:
                 return
             for row in rows:
+                if row.batch is not None or (
+                    row.purpose in BATCHED and self.settings.team_summary_batch_seconds > 0
+                ):
+                    # From here on the queue is read afresh: a batch takes what has
+                    # arrived meanwhile.
+                    await self._deliver_batch(room_id)
+                    break
                 if row.purpose != "ack" and row.referral_id is not None:
                     await self._after_ack(row.referral_id)
-                await self._deliver(row)
+                await self._deliver([row], row.message, row.txn_id)
+
+    async def _deliver_batch(self, room_id: str) -> None:
+        """Send the summaries at the head of the room's queue as one message.
+
+        Under load the advice-team room gets at most one such message per
+        `team_summary_batch_seconds`: each message is work for the homeserver, and
+        there it competes with the next referrer's acknowledgement. The first summary
+        after a quiet spell, and any immediate-danger one, go at once.
+        """
+        loop = asyncio.get_running_loop()
+        ready_at = self._last_batch_at.get(room_id, -1e9) + self.settings.team_summary_batch_seconds
+        while True:
+            async with self.store.transaction() as tx:
+                rows = await tx.unsent(room_id, limit=MAX_BATCH)
+            if not rows:
+                return
+            if rows[0].batch is not None:  # fixed before a crash or a failed send
+                run = [r for r in rows if r.batch == rows[0].batch]
+                break
+            run = _batchable_run(rows)
+            if not run:
+                return  # not a summary at the head after all: _deliver_room sends it
+            if self.settings.team_summary_batch_seconds <= 0:
+                run = run[:1]  # batching switched off
+                break
+            if self.stopping or loop.time() >= ready_at or any(r.message.urgent for r in run):
+                break
+            await asyncio.sleep(min(BATCH_POLL_S, ready_at - loop.time()))
+        for referral_id in {r.referral_id for r in run if r.referral_id is not None}:
+            await self._after_ack(referral_id)
+        if len(run) == 1 and run[0].batch is None:
+            await self._deliver(run, run[0].message, run[0].txn_id)
+        else:
+            batch = run[0].batch or txn_id_for(run[0].txn_id, f"batch:{len(run)}")
+            if run[0].batch is None:
+                async with self.store.transaction() as tx:
+                    await tx.set_batch(run, batch)
+            await self._deliver(run, combine_team_summaries([r.message for r in run]), batch)
+        self._last_batch_at[room_id] = loop.time()
 
     async def _after_ack(self, referral_id: int) -> None:
         """Wait (briefly) until the referral's acknowledgement has left the outbox."""
@@ -223,49 +279,81 @@ class Pipeline:
             self._acks_done_count += 1
             self._acks_done.notify_all()
 
-    async def _deliver(self, row: OutboxRow) -> None:
+    async def _deliver(self, rows: list[OutboxRow], message: OutgoingMessage, txn_id: str) -> None:
+        """Send one message for `rows` (one row, or a batch of them) until it is sent or
+        refused; then mark every row, in one transaction."""
+        first = rows[0]
         delay = 0.5
         while True:
             try:
-                event_id = await self.messenger.send(row.message, row.txn_id)
+                event_id = await self.messenger.send(message, txn_id)
             except SendRefused as exc:
                 log.error(
-                    "message refused: outbox=%d purpose=%s reason=%s", row.id, row.purpose, exc
+                    "message refused: outbox=%d rows=%d purpose=%s reason=%s",
+                    first.id,
+                    len(rows),
+                    first.purpose,
+                    exc,
                 )
                 async with self.store.transaction() as tx:
-                    await tx.mark_refused(row, str(exc))
-                if row.purpose == "ack":
+                    for row in rows:
+                        await tx.mark_refused(row, str(exc))
+                if first.purpose == "ack":
                     await self._ack_left_outbox()
                 return
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning(
-                    "send failed, will retry: outbox=%d purpose=%s error=%s at %s",
-                    row.id,
-                    row.purpose,
+                    "send failed, will retry: outbox=%d rows=%d purpose=%s error=%s at %s",
+                    first.id,
+                    len(rows),
+                    first.purpose,
                     type(exc).__name__,
                     _where(exc),
                 )
                 async with self.store.transaction() as tx:
-                    await tx.mark_failed(row, type(exc).__name__)
+                    for row in rows:
+                        await tx.mark_failed(row, type(exc).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             received_at = None
             async with self.store.transaction() as tx:
-                await tx.mark_sent(row, event_id)
-                if row.purpose == "ack" and row.referral_id is not None and self.on_ack_sent:
-                    received_at = await tx.referral_received_at(row.referral_id)
+                for row in rows:
+                    await tx.mark_sent(row, event_id)
+                if first.purpose == "ack" and first.referral_id is not None and self.on_ack_sent:
+                    received_at = await tx.referral_received_at(first.referral_id)
                 sent_at = tx.now
             if received_at is not None and self.on_ack_sent is not None:
                 # From the referral event's origin_server_ts to the acknowledgement sent.
                 self.on_ack_sent((sent_at - received_at).total_seconds())
-            if row.purpose == "ack":
+            if first.purpose == "ack":
                 await self._ack_left_outbox()
-            self.sent += 1
-            log.info("sent: outbox=%d purpose=%s event=%s", row.id, row.purpose, event_id)
+            self.sent += len(rows)
+            log.info(
+                "sent: outbox=%d rows=%d purpose=%s event=%s",
+                first.id,
+                len(rows),
+                first.purpose,
+                event_id,
+            )
             return
+
+
+def _batchable_run(rows: list[OutboxRow]) -> list[OutboxRow]:
+    """The summaries at the head of the queue that may go out as one message: up to
+    MAX_BATCH of them and MAX_BATCH_BYTES of text (a Matrix event is at most 64 KiB)."""
+    run: list[OutboxRow] = []
+    size = 0
+    for row in rows:
+        if row.purpose not in BATCHED or row.batch is not None or len(run) == MAX_BATCH:
+            break
+        size += len(row.message.body.encode()) + len(row.message.html.encode())
+        if run and size > MAX_BATCH_BYTES:
+            break
+        run.append(row)
+    return run
 
 
 def _where(exc: BaseException) -> str:

@@ -268,6 +268,8 @@ class OutboxRow:
     referral_id: int | None
     purpose: str
     attempts: int
+    # Set when the row goes out in one message with others (Tx.set_batch).
+    batch: str | None = None
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -945,9 +947,18 @@ class Tx:
                 referral_id=r["referral_id"],
                 purpose=r["purpose"],
                 attempts=r["attempts"],
+                batch=r["batch"],
             )
             for r in rows
         ]
+
+    async def set_batch(self, rows: list[OutboxRow], batch: str) -> None:
+        """Fix which unsent rows go out together, under one transaction ID, before sending."""
+        for row in rows:
+            await self._db.execute(
+                "UPDATE outbox SET batch = ? WHERE id = ? AND sent_at IS NULL AND batch IS NULL",
+                (batch, row.id),
+            )
 
     async def ack_unsent(self, referral_id: int) -> bool:
         """Whether the referral's acknowledgement is still waiting in the outbox."""

@@ -109,7 +109,7 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
     )
     body, html = _team_summary(ref, form, received, due, pattern, phone).render()
     await tx.enqueue(
-        OutgoingMessage(settings.advice_team_room, body, html),
+        OutgoingMessage(settings.advice_team_room, body, html, urgent=form.immediate_danger),
         txn_id=txn_id_for(msg.event_id, "team_summary"),
         purpose="team_summary",
         referral_id=referral_id,
@@ -195,4 +195,26 @@ async def _reply_problems(tx: Tx, msg: Incoming, problems: tuple[FieldProblem, .
         OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id),
         txn_id=txn_id_for(msg.event_id, "form_problems"),
         purpose="form_problems",
+    )
+
+
+def combine_team_summaries(summaries: list[OutgoingMessage]) -> OutgoingMessage:
+    """Several new-referral summaries as one advice-team message (sent together under
+    load): immediate-danger ones first, each summary whole, separated by a rule."""
+    ordered = sorted(summaries, key=lambda m: not m.urgent)  # stable: arrival order kept
+    urgent = sum(1 for m in ordered if m.urgent)
+    head = Doc()
+    if urgent == 1:
+        head.para("IMMEDIATE DANGER: the first one below needs action now.", strong=True)
+    elif urgent:
+        head.para(f"IMMEDIATE DANGER: the first {urgent} below need action now.", strong=True)
+    head.para(f"{len(ordered)} new referrals and contacts arrived together:")
+    body, html = head.render()
+    return OutgoingMessage(
+        room_id=ordered[0].room_id,
+        body="\n\n----\n\n".join([body, *(m.body for m in ordered)]),
+        html="<hr/>".join([html, *(m.html for m in ordered)]),
+        sensitive=any(m.sensitive for m in ordered),
+        mentions=tuple(dict.fromkeys(u for m in ordered for u in m.mentions)),
+        urgent=urgent > 0,
     )

@@ -53,6 +53,9 @@ class OutgoingMessage:
     # Sent unencrypted even in an encrypted room, for the one reader who cannot decrypt
     # the bot's messages: a device not yet verified. Never for sensitive messages.
     plaintext: bool = False
+    # Goes out at once even when messages of its kind are being gathered into one
+    # (the advice-team summary of an immediate-danger referral).
+    urgent: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

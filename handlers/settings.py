@@ -25,6 +25,7 @@ class Settings:
     decision_working_days: int = 1
     immediate_danger_minutes: int = 60
     max_message_bytes: int = 40_000
+    team_summary_batch_seconds: float = 0.0
     team: frozenset[str] = frozenset()
     managers: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
@@ -45,6 +46,7 @@ class Settings:
             decision_working_days=config.intake.decision_working_days,
             immediate_danger_minutes=config.intake.immediate_danger_minutes,
             max_message_bytes=config.intake.max_message_bytes,
+            team_summary_batch_seconds=config.intake.team_summary_batch_seconds,
             team=frozenset(config.team.advice_team),
             managers=frozenset(config.team.managers),
             admins=frozenset(config.team.admins),

@@ -117,6 +117,14 @@ class IntakeConfig(_Strict):
     decision_working_days: Annotated[int, Field(ge=1, le=10)] = 1
     immediate_danger_minutes: Annotated[int, Field(ge=5, le=480)] = 60
     max_message_bytes: Annotated[int, Field(ge=1024, le=60_000)] = 40_000
+    team_summary_batch_seconds: Annotated[float, Field(ge=0, le=30)] = Field(
+        default=2.0,
+        description=(
+            "under load, new-referral summaries to the advice-team room go out together: "
+            "at most one such message per this many seconds (immediate danger never "
+            "waits); 0 sends each on its own"
+        ),
+    )
 
 
 def _check_user_ids(ids: list[str]) -> list[str]:

@@ -203,3 +203,15 @@ async def test_the_deadline_clocks_followup_query_does_not_scan_every_referral(
         ("2026-11-27T16:00:00+00:00",),
     ).fetchall()
     assert "USING INDEX referrals_followup_due" in " ".join(str(row) for row in plan)
+
+
+async def test_the_metrics_count_reads_an_index_not_the_referrals_forms(tmp_path: Path) -> None:
+    # The first query of Tx.ops_counts, run on every /metrics scrape.
+    store = await Store.open(tmp_path / "r.db", KEYRING)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "r.db")
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT current_type, state, COUNT(*) FROM referrals"
+        " GROUP BY current_type, state"
+    ).fetchall()
+    assert "USING COVERING INDEX referrals_by_type_state" in " ".join(str(r) for r in plan)
