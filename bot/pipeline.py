@@ -46,6 +46,8 @@ BATCHED = frozenset({"team_summary"})
 MAX_BATCH = 10
 MAX_BATCH_BYTES = 24_000
 BATCH_POLL_S = 0.25
+# After the acknowledgements in hand have gone, a batch waits this long more before it goes.
+ACK_SETTLE_S = 0.02
 
 
 class Pipeline:
@@ -244,6 +246,12 @@ class Pipeline:
             await asyncio.sleep(min(BATCH_POLL_S, ready_at - loop.time()))
         for referral_id in {r.referral_id for r in run if r.referral_id is not None}:
             await self._after_ack(referral_id)
+        # Not in the middle of anyone's acknowledgement: the homeserver does one thing at
+        # a time, and a referrer is waiting on that one. Straight after it instead, once
+        # it has had a moment to reach its reader.
+        urgent = any(r.message.urgent for r in run)
+        if not self.stopping and not urgent and await self._after_ack(None):
+            await asyncio.sleep(ACK_SETTLE_S)
         if len(run) == 1 and run[0].batch is None:
             await self._deliver(run, run[0].message, run[0].txn_id)
         else:
@@ -254,18 +262,21 @@ class Pipeline:
             await self._deliver(run, combine_team_summaries([r.message for r in run]), batch)
         self._last_batch_at[room_id] = loop.time()
 
-    async def _after_ack(self, referral_id: int) -> None:
-        """Wait (briefly) until the referral's acknowledgement has left the outbox."""
+    async def _after_ack(self, referral_id: int | None) -> bool:
+        """Wait (briefly) until the referral's acknowledgement (None: every waiting
+        acknowledgement) has left the outbox. True if there was one to wait for."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + ACK_FIRST_MAX_WAIT_S
+        waited = False
         while True:
             seen = self._acks_done_count
             async with self.store.transaction() as tx:
                 if not await tx.ack_unsent(referral_id):
-                    return
+                    return waited
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return
+                return waited
+            waited = True
 
             def another_ack_done(seen: int = seen) -> bool:
                 return self._acks_done_count != seen

@@ -960,12 +960,15 @@ class Tx:
                 (batch, row.id),
             )
 
-    async def ack_unsent(self, referral_id: int) -> bool:
-        """Whether the referral's acknowledgement is still waiting in the outbox."""
-        async with self._db.execute(
-            "SELECT 1 FROM outbox WHERE referral_id = ? AND purpose = 'ack' AND sent_at IS NULL",
-            (referral_id,),
-        ) as cur:
+    async def ack_unsent(self, referral_id: int | None = None) -> bool:
+        """Whether the referral's acknowledgement (None: any acknowledgement) is still
+        waiting in the outbox."""
+        sql = "SELECT 1 FROM outbox WHERE sent_at IS NULL AND purpose = 'ack'"
+        args: tuple[int, ...] = ()
+        if referral_id is not None:
+            sql += " AND referral_id = ?"
+            args = (referral_id,)
+        async with self._db.execute(sql + " LIMIT 1", args) as cur:
             return await cur.fetchone() is not None
 
     async def rooms_with_unsent(self) -> list[str]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -38,3 +40,14 @@ async def open_dm(world: World, name: str) -> tuple[ChatUser, str]:
     room = await user.create_room(invite=[world.bot_user], encrypted=True)
     await user.wait_joined(room, world.bot_user)
     return user, room
+
+
+def team_summaries(world: World) -> Counter[str]:
+    """How many times each reference was announced in the advice-team room (a message can
+    carry several summaries: see intake.team_summary_batch_seconds)."""
+    return Counter(
+        ref
+        for r in world.worker.received
+        if r.room_id == world.team_room and r.sender == world.bot_user
+        for ref in re.findall(r"New .*?: (REF-\d{4}-\d{6})", r.body)
+    )

@@ -8,7 +8,6 @@ exactly once in the database, with reference numbers that have no gaps and no re
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from collections import Counter
 
@@ -18,7 +17,7 @@ from bot.chat_user import ChatUser
 from bot.world import World
 from tests.forms import referral
 from tests.integration.botproc import BotProcess, poll_until
-from tests.integration.live import db_rows
+from tests.integration.live import db_rows, team_summaries
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +32,6 @@ def acks(people: list[tuple[ChatUser, str]], bot: str, sent: set[str]) -> Counte
         for user, _ in people
         for r in user.received
         if r.sender == bot and r.in_reply_to in sent
-    )
-
-
-def summaries(world: World) -> Counter[str]:
-    return Counter(
-        m
-        for r in world.worker.received
-        if r.room_id == world.team_room and r.sender == world.bot_user
-        for m in re.findall(r"New .*?: (REF-\d{4}-\d{6})", r.body)
     )
 
 
@@ -86,9 +76,9 @@ async def test_kill_9_in_a_burst_of_200_loses_and_repeats_nothing(world: World) 
             await asyncio.sleep(0.1)
         elapsed = time.monotonic() - started
         # The team room is one room, so its summaries go one after another: they trail.
-        while len(summaries(world)) < total:
+        while len(team_summaries(world)) < total:
             assert time.monotonic() < deadline, (
-                f"{len(summaries(world))} of {total} summaries; "
+                f"{len(team_summaries(world))} of {total} summaries; "
                 f"undecryptable: {world.worker.undecryptable}"
             )
             await asyncio.sleep(0.1)
@@ -120,4 +110,4 @@ async def test_kill_9_in_a_burst_of_200_loses_and_repeats_nothing(world: World) 
     assert all(r[1:] == (1, 1, 1) for r in per_referral), "each step recorded once"
     assert db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
     assert db_rows(world, "SELECT COUNT(*) FROM inbox WHERE state != 'done'") == [(0,)]
-    assert set(summaries(world).values()) == {1}, "the team is told once of each referral"
+    assert set(team_summaries(world).values()) == {1}, "the team is told once of each referral"

@@ -25,7 +25,7 @@ from bot.world import World, make_world
 from tests.forms import referral
 from tests.integration.botproc import poll_until
 from tests.integration.faulty_proxy import FaultyProxy
-from tests.integration.live import db_rows, running
+from tests.integration.live import db_rows, running, team_summaries
 
 pytestmark = pytest.mark.integration
 
@@ -117,11 +117,7 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
     assert all(counts[e] == 1 for e in everything), "each referral acknowledged exactly once"
     assert db_rows(world, "SELECT COUNT(*) FROM referrals") == [(len(everything),)]
     assert db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
-    summaries = Counter(
-        r.body.split(":", 1)[1].split()[0]
-        for r in world.worker.received
-        if r.room_id == world.team_room and r.sender == world.bot_user and "New " in r.body
-    )
+    summaries = team_summaries(world)
     assert len(summaries) == len(everything) and set(summaries.values()) == {1}
 
 
