@@ -172,6 +172,9 @@ class BotApp:
         if self.pipeline is not None:
             self.pipeline.stopping = True  # summaries waiting to be batched go now
             try:
+                # The sync task may have been cancelled after storing events but before
+                # handing them to the workers: pick up everything stored, then drain.
+                await self.pipeline.resume()
                 await asyncio.wait_for(self.pipeline.wait_idle(), drain_timeout)
             except TimeoutError:
                 log.warning("shutdown: work left in the outbox is sent on the next start")

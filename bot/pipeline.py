@@ -43,7 +43,7 @@ JOBS = "room-jobs"
 ACK_FIRST_MAX_WAIT_S = 2.0
 # Messages that may be gathered into one under load (Pipeline._deliver_batch).
 BATCHED = frozenset({"team_summary"})
-MAX_BATCH = 10
+MAX_BATCH = 20
 MAX_BATCH_BYTES = 24_000
 BATCH_POLL_S = 0.25
 # After the acknowledgements in hand have gone, a batch waits this long more before it goes.
