@@ -545,6 +545,22 @@ class Tx:
         ) as cur:
             return [_referral(r, self._keyring) for r in await cur.fetchall()]
 
+    async def due_for_reminder(
+        self, due_before: datetime, reminded_before: datetime
+    ) -> list[Referral]:
+        """Open referrals whose deadline is before `due_before` and that were not reminded
+        about since `reminded_before`, oldest first. Only these rows are read and
+        decrypted (through the `referrals_open_due` index), so a deadline check costs
+        the same with ten open referrals as with thousands. Times are stored as UTC ISO
+        text in one format, so text order is time order."""
+        async with self._db.execute(
+            "SELECT * FROM referrals WHERE state IN ('received', 'claimed')"
+            " AND decision_due < ? AND (last_reminder_at IS NULL OR last_reminder_at < ?)"
+            " ORDER BY received_at, id",
+            (_iso(due_before), _iso(reminded_before)),
+        ) as cur:
+            return [_referral(r, self._keyring) for r in await cur.fetchall()]
+
     async def referrals_of_child(self, referral: Referral) -> list[Referral]:
         """Every record about the same child: same keyed hash, plus links made by hand,
         minus unlinks made by hand. Oldest first; includes `referral` itself."""

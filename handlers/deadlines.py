@@ -70,6 +70,11 @@ def age_of(referral: Referral, now: datetime) -> str:
     return _duration(max(0, int((now - referral.received_at).total_seconds())))
 
 
+# The database narrows with strict "<"; the exact tests below decide, so the query takes
+# a millisecond more than it needs rather than one less.
+_TICK = timedelta(milliseconds=1)
+
+
 async def check_deadlines(tx: Tx, settings: Settings) -> int:
     """Announce open referrals near or past their deadline, and overdue written follow-ups.
 
@@ -82,7 +87,8 @@ async def check_deadlines(tx: Tx, settings: Settings) -> int:
     queued = 0
     overdue: list[Referral] = []
     near: list[Referral] = []
-    for r in await tx.open_referrals():
+    # Deadline within `warn` (or past), and not reminded within `interval`.
+    for r in await tx.due_for_reminder(now + warn + _TICK, now - interval + _TICK):
         if now < r.decision_due - warn:
             continue
         if r.last_reminder_at is not None and now - r.last_reminder_at < interval:

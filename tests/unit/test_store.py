@@ -215,3 +215,19 @@ async def test_the_metrics_count_reads_an_index_not_the_referrals_forms(tmp_path
         " GROUP BY current_type, state"
     ).fetchall()
     assert "USING COVERING INDEX referrals_by_type_state" in " ".join(str(r) for r in plan)
+
+
+async def test_the_deadline_clock_reads_only_referrals_due_soon(tmp_path: Path) -> None:
+    # The query of Tx.due_for_reminder, run on every tick of the deadline clock.
+    store = await Store.open(tmp_path / "r.db", KEYRING)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "r.db")
+    plan = db.execute(
+        "EXPLAIN QUERY PLAN SELECT * FROM referrals WHERE state IN ('received', 'claimed')"
+        " AND decision_due < ? AND (last_reminder_at IS NULL OR last_reminder_at < ?)"
+        " ORDER BY received_at, id",
+        ("2026-11-27T16:00:00.000+00:00", "2026-11-27T15:00:00.000+00:00"),
+    ).fetchall()
+    assert "USING INDEX referrals_open_due (state=? AND decision_due<?)" in " ".join(
+        str(r) for r in plan
+    )
