@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 from bot.store import Referral, Tx
-from handlers.notify import LABEL, team_message
+from handlers.notify import LABEL, team_message, thread_message
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
@@ -31,6 +31,10 @@ async def on_edit(tx: Tx, msg: Incoming, settings: Settings) -> None:
     """An edit of a referral or of a command: nothing changes; say so and how to correct."""
     assert msg.edit_of is not None
     referral = await tx.referral_by_event(msg.edit_of)
+    if referral is not None and referral.room_id != msg.room_id:
+        # An edit is in the room of the message it edits; one naming a referral's event
+        # from another room is not about that referral, and learns nothing of it.
+        referral = None
     if referral is not None:
         await tx.append_record(
             referral.id, msg.sender, "edit_not_applied", {"event_id": msg.event_id}
@@ -44,18 +48,13 @@ async def on_edit(tx: Tx, msg: Incoming, settings: Settings) -> None:
             )
             .para(_how_to_amend(referral.ref))
         )
-        body, html = doc.render()
-        await tx.enqueue(
-            OutgoingMessage(
-                msg.room_id,
-                body,
-                html,
-                thread_root=referral.event_id,
-                mentions=(msg.sender,),
-            ),
+        await thread_message(
+            tx,
+            referral,
+            doc,
+            to=msg.sender,
             txn_id=txn_id_for(msg.event_id, "edit_not_applied"),
             purpose="edit_not_applied",
-            referral_id=referral.id,
         )
         return
     if not msg.command:

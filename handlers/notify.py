@@ -79,16 +79,26 @@ async def tell_referrer(
     full = Doc().heading(f"{referral.ref}: {current}")
     full.blocks.extend(doc.blocks)
     full.fields(("Reference", referral.ref), ("Now recorded as", current))
-    body, html = full.render()
-    await tx.enqueue(
-        OutgoingMessage(
-            referral.room_id,
-            body,
-            html,
-            thread_root=referral.event_id,
-            mentions=(referral.sender,),
-        ),
+    await thread_message(
+        tx,
+        referral,
+        full,
+        to=referral.sender,
         txn_id=txn_id_for(answered_event_id, f"tell_{kind}"),
         purpose=f"tell_{kind}",
+    )
+
+
+async def thread_message(
+    tx: Tx, referral: Referral, doc: Doc, *, to: str, txn_id: str, purpose: str
+) -> None:
+    """A message in the thread of the referral's original event, mentioning `to`."""
+    body, html = doc.render()
+    await tx.enqueue(
+        OutgoingMessage(
+            referral.room_id, body, html, thread_root=referral.event_id, mentions=(to,)
+        ),
+        txn_id=txn_id,
+        purpose=purpose,
         referral_id=referral.id,
     )

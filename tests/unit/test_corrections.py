@@ -36,6 +36,18 @@ async def test_an_edited_referral_is_unchanged_and_the_referrer_is_told_how_to_a
     assert kinds(h, ref).count("edit_not_applied") == 1
 
 
+async def test_an_edit_naming_a_referral_from_another_room_learns_nothing_of_it(
+    h: Harness,
+) -> None:
+    root, ref = await refer(h, Child_name="Original Name")
+    sent_before, in_thread = len(h.messenger.sent), len(h.thread(root))
+    await h.event(OTHER, {"edit_of": root, "command": True}, room=TEAM_ROOM)
+
+    assert not any(ref in m.body for _, m in h.messenger.sent[sent_before:])
+    assert len(h.thread(root)) == in_thread
+    assert "edit_not_applied" not in kinds(h, ref)
+
+
 async def test_an_edited_command_is_not_run_again_and_chat_edits_are_ignored(h: Harness) -> None:
     _, ref = await refer(h)
     claim = await h.send(WORKER, f"!claim {ref}", room=TEAM_ROOM)
