@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import aiohttp
@@ -38,7 +37,6 @@ async def _whoami(session: aiohttp.ClientSession, url: str, token: str) -> str:
 
 @pytest.mark.asyncio(loop_scope="session")
 async def test_devserver_register_login_restart() -> None:
-    began = time.monotonic()
     async with DevSynapse() as hs:
         base_dir = hs.base_dir
         assert hs.url.startswith("http://127.0.0.1:")
@@ -81,4 +79,3 @@ async def test_devserver_register_login_restart() -> None:
             )
 
     assert not base_dir.exists(), "the owned temp dir is removed on exit"
-    assert time.monotonic() - began < 15
