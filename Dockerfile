@@ -12,6 +12,7 @@ COPY pyproject.toml README.md ./
 COPY bot ./bot
 COPY handlers ./handlers
 COPY schemas ./schemas
+COPY storage ./storage
 RUN pip install . \
     && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin referral-bot \
     && mkdir -p /data \

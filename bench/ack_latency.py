@@ -43,8 +43,8 @@ import aiohttp
 from bench.seed_db import fake_referral, seed
 from bot.chat_user import ChatUser
 from bot.devserver import DevSynapse
-from bot.keyring import Keyring
 from bot.world import World, make_world
+from storage.keyring import Keyring
 
 ROOT = Path(__file__).resolve().parents[1]
 # A rate is "sustained" when every message is answered exactly once within DRAIN_S of the

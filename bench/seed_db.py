@@ -20,11 +20,13 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.keyring import Keyring
-from bot.store import InboxItem, Store, Tx
 from handlers.intake import take_referral
 from handlers.ports import Incoming
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
+from storage.keyring import Keyring
+from storage.tx import Tx
 
 SURNAMES = ("Example", "Sample", "Testington", "Placeholder", "Specimen", "Dummy", "Mock")
 CONCERNS = (

@@ -30,10 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.seed_db import fake_referral
-from bot.keyring import Keyring
-from bot.store import InboxItem, Store, Tx
 from handlers.commands import handle_message
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
+from storage.keyring import Keyring
+from storage.tx import Tx
 
 TEAM_ROOM = "!team:localhost"
 STEPS = ("sync", "handle", "unsent", "ack", "summary")

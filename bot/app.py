@@ -14,17 +14,17 @@ from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
-from bot.keyring import Keyring
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.reload import ConfigReloader, log_outcome
 from bot.session import open_client, secure_dir
-from bot.store import Store
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
 from bot.verification import Verifier
 from handlers.settings import Settings
 from schemas.config import Config, ConfigError
+from storage.engine import Store
+from storage.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +93,8 @@ class BotApp:
         if self.config_path is not None:
             self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
         self.pipeline.on_ack_sent = self.metrics.observe_ack
-        self.trust.on_enqueued = self.pipeline.outbox_workers.kick_all
         await self.trust.apply_all()  # the mode or the pinned devices may have changed
         self.verifier = Verifier(self.client, self.store, settings, self.trust)
-        self.verifier.on_enqueued = self.pipeline.outbox_workers.kick_all
         self.sync = SyncLoop(
             self.client, self.store, self.pipeline, cfg.is_allowed_user, self.verifier
         )

@@ -105,7 +105,7 @@ def private_files() -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import BotApp
     from bot.session import LoginFailed
-    from bot.store import DatabaseInUse, WrongDatabaseKey
+    from storage.engine import DatabaseInUse, WrongDatabaseKey
 
     private_files()
     config = _load(args.config)
@@ -135,7 +135,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def _maintenance(
     args: argparse.Namespace, job: Callable[[Config], Coroutine[Any, Any, Outcome]]
 ) -> int:
-    from bot.store import DatabaseInUse, WrongDatabaseKey
+    from storage.engine import DatabaseInUse, WrongDatabaseKey
 
     private_files()
     config = _load(args.config)

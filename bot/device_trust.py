@@ -28,16 +28,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from nio import AsyncClient, KeysQueryResponse, MatrixRoom
 
-from bot.store import Store
 from handlers.device_trust import KeyChange, announce_key_change
 from handlers.settings import Settings
 from schemas.config import PinnedDevice
+from storage.engine import Store
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,6 @@ class DeviceTrust:
         # nio ignores "invalidate this room's session" while a share is under way, so a
         # change made during a share would not reach the session being shared.
         self.lock = asyncio.Lock()
-        # Called with the rooms that got new outgoing messages (set by the app: the
-        # pipeline's outbox workers).
-        self.on_enqueued: Callable[[set[str]], None] = lambda rooms: None
 
     async def load(self) -> None:
         async with self.store.transaction() as tx:
@@ -226,7 +223,6 @@ class DeviceTrust:
         async with self.store.transaction() as tx:
             await tx.set_kv(kv_key(record.user_id, record.device_id), refused.to_json())
             await announce_key_change(tx, self.settings, change)
-            rooms = tx.touched_rooms
         self._records[(record.user_id, record.device_id)] = refused
         log.warning(
             "refused a device whose keys changed: device=%s changed=%s",
@@ -236,7 +232,6 @@ class DeviceTrust:
         device = self.client.device_store[record.user_id].get(record.device_id)
         if device is not None:
             self.client.blacklist_device(device)
-        self.on_enqueued(rooms)
 
     async def mark_verified(self, user_id: str, device_id: str, by: str) -> bool:
         """Record a completed interactive verification. False if the device was refused

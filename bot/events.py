@@ -10,7 +10,7 @@ from typing import Any
 
 from nio import Event, MegolmEvent, RedactionEvent, RoomMemberEvent, RoomMessageText
 
-from bot.store import InboxItem
+from schemas.messages import InboxItem
 
 
 def strip_reply_fallback(body: str, content: dict[str, Any]) -> str:

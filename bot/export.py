@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from bot.keyring import Keyring
-from bot.store import Store
 from handlers.settings import Settings
 from handlers.views import chronology_json, chronology_markdown
 from schemas.config import Config
+from storage.engine import Store
+from storage.keyring import Keyring
 
 
 async def export_referral(config: Config, ref: str, out_dir: Path) -> list[Path]:

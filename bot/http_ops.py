@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from bot.store import OpsCounts
+from storage.metrics import OpsCounts
 
 if TYPE_CHECKING:
     from bot.app import BotApp

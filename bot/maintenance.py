@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.keyring import Keyring
-from bot.store import ChainReport, PurgeCutoffs, PurgePlan, Store
 from schemas.config import Config, ConfigError
+from storage.engine import Store
+from storage.integrity import ChainReport
+from storage.keyring import Keyring
+from storage.retention import PurgeCutoffs, PurgePlan
 
 MIN_KEY_CHARS = 32
 

@@ -19,7 +19,6 @@ import traceback
 from collections.abc import Callable
 
 from bot.room_workers import RoomWorkers
-from bot.store import OutboxRow, RoomJob, Store
 from handlers.commands import handle_message
 from handlers.intake import combine_team_summaries
 from handlers.meetings import room_created, room_spec
@@ -33,6 +32,10 @@ from handlers.ports import (
 )
 from handlers.render import Doc
 from handlers.settings import Settings
+from schemas.messages import OutboxRow
+from schemas.records import RoomJob
+from storage.base import Committed
+from storage.engine import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +64,8 @@ class Pipeline:
         self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
         # Room creation and invites: one queue, in order.
         self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
+        # Every committed transaction, whoever ran it, starts the workers for what it left.
+        store.on_commit = self._committed
         self.handled = 0
         self.sent = 0
         # Called with the acknowledgement latency in seconds (for /metrics).
@@ -86,6 +91,12 @@ class Pipeline:
     def kick_rooms(self, rooms: set[str]) -> None:
         self.inbox_workers.kick_all(rooms)
 
+    def _committed(self, done: Committed) -> None:
+        self.inbox_workers.kick_all(done.inbox_rooms)
+        self.outbox_workers.kick_all(done.outbox_rooms)
+        if done.room_jobs:
+            self.job_workers.kick(JOBS)
+
     async def wait_idle(self) -> None:
         """Until every kicked room is handled and every queued message sent (tests, shutdown)."""
         while self.inbox_workers.busy or self.outbox_workers.busy or self.job_workers.busy:
@@ -110,9 +121,6 @@ class Pipeline:
                         return
                     await handle_message(tx, msg, self.settings, reloader=self.reloader)
                     await tx.mark_handled(msg.seq)
-                    rooms = tx.touched_rooms
-                    if tx.room_jobs_added:
-                        self.job_workers.kick(JOBS)
             except Exception as exc:
                 if msg is None:
                     raise
@@ -124,11 +132,10 @@ class Pipeline:
                     type(exc).__name__,
                     _where(exc),
                 )
-                rooms = await self._handler_failed(msg)
+                await self._handler_failed(msg)
             self.handled += 1
-            self.outbox_workers.kick_all(rooms)
 
-    async def _handler_failed(self, msg: Incoming) -> set[str]:
+    async def _handler_failed(self, msg: Incoming) -> None:
         body, html = (
             Doc()
             .para(
@@ -145,7 +152,6 @@ class Pipeline:
                 purpose="failed",
             )
             await tx.mark_handled(msg.seq)
-            return tx.touched_rooms
 
     # -- room jobs (create meeting rooms, invite, set power) ----------------------------
 
@@ -192,8 +198,6 @@ class Pipeline:
             if job.kind == "create_meeting" and room_id and meeting and meeting.room_id is None:
                 await room_created(tx, job.meeting_id, room_id, self.settings)
             await tx.room_job_done(job.id)
-            rooms = tx.touched_rooms
-        self.outbox_workers.kick_all(rooms)
         log.info("room job done: job=%d kind=%s room=%s", job.id, job.kind, room_id)
         return True
 

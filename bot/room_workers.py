@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class RoomWorkers:
             self._run(room_id), name=f"{self._name}:{room_id}"
         )
 
-    def kick_all(self, room_ids: set[str] | list[str]) -> None:
+    def kick_all(self, room_ids: Iterable[str]) -> None:
         for room_id in room_ids:
             self.kick(room_id)
 

@@ -40,9 +40,10 @@ from nio import (
 
 from bot.events import to_inbox_item
 from bot.pipeline import Pipeline
-from bot.store import InboxItem, Store
 from bot.verification import Verifier
 from handlers.undecryptable import tell_undecryptable
+from schemas.messages import InboxItem
+from storage.engine import Store
 
 log = logging.getLogger(__name__)
 
@@ -160,14 +161,12 @@ class SyncLoop:
             await self.verifier.on_to_device(resp.to_device_events)
         await self._answer_invites(resp)
         items = await self._collect(resp, token)
+        # The commit starts the room workers for new events and notices (Store.on_commit).
         async with self.store.transaction() as tx:
-            rooms = await tx.add_inbox(items)
+            await tx.add_inbox(items)
             if self.verifier is not None:
                 await self.verifier.write(tx)
             await tx.set_kv(TOKEN_KEY, resp.next_batch)
-            notices = tx.touched_rooms
-        self.pipeline.kick_rooms(rooms)
-        self.pipeline.outbox_workers.kick_all(notices)
         if self.verifier is not None:
             await self.verifier.act()
         try:
@@ -311,14 +310,12 @@ class SyncLoop:
             results.append((item.seq, decoded))
         if not results and not overdue:
             return
-        rooms: set[str] = set()
         async with self.store.transaction() as tx:
             for seq, decoded in results:
                 if decoded is None or decoded.state != "pending":
                     await tx.mark_handled(seq)
                 else:
                     await tx.set_decrypted(seq, decoded.payload)
-                    rooms.add(decoded.room_id)
             for event in overdue:
                 await tell_undecryptable(
                     tx,
@@ -328,13 +325,10 @@ class SyncLoop:
                 )
             if self.verifier is not None:
                 await self.verifier.write(tx)
-            told = tx.touched_rooms
         self._told_undecryptable.update(e.event_id for e in overdue)
         if results:
             log.info("decrypted late: events=%d", len(results))
         for event in overdue:
             log.warning("still undecryptable, sender told: event=%s", event.event_id)
-        self.pipeline.kick_rooms(rooms)
-        self.pipeline.outbox_workers.kick_all(told)
         if self.verifier is not None:
             await self.verifier.act()

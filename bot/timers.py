@@ -16,12 +16,10 @@ log = logging.getLogger(__name__)
 
 
 async def tick(pipeline: Pipeline) -> int:
-    """One check: queue the reminders that are due and start sending them."""
+    """One check: queue the reminders that are due (the commit starts sending them)."""
     async with pipeline.store.transaction() as tx:
         queued = await check_deadlines(tx, pipeline.settings)
         queued += await chase_actions(tx, pipeline.settings)
-        rooms = tx.touched_rooms
-    pipeline.outbox_workers.kick_all(rooms)
     if queued:
         log.info("deadline reminders queued: %d", queued)
     return queued

@@ -38,9 +38,11 @@ from nio.event_builders import ToDeviceMessage
 
 from bot.device_trust import DeviceTrust
 from bot.sas import BotSas
-from bot.store import InboxItem, Store, Tx
 from handlers import device_trust as say
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
+from storage.tx import Tx
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,6 @@ class Verifier:
         self._notices: list[_Notice] = []
         self._actions: list[Callable[[], Awaitable[None]]] = []
         self._starting: set[tuple[str, str]] = set()
-        self.on_enqueued: Callable[[set[str]], None] = lambda rooms: None
 
     # -- screening incoming messages (called by the sync loop, no I/O) --------------------
 
@@ -510,10 +511,8 @@ class Verifier:
                     transaction=v.transaction,
                     for_team=for_team,
                 )
-            rooms = tx.touched_rooms
         v.shown_in = [room for room, _ in targets]
         log.info("verification shown: device=%s rooms=%d", v.device_id, len(targets))
-        self.on_enqueued(rooms)
 
     async def _finish(self, v: Verification, *, verified: bool, reason: str = "") -> None:
         v.finished = True
@@ -555,8 +554,6 @@ class Verifier:
                     reason=reason,
                     plaintext=not verified and room_id != self.settings.advice_team_room,
                 )
-            rooms = tx.touched_rooms
-        self.on_enqueued(rooms)
 
 
 _REASONS = {

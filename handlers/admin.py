@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from bot.store import Tx
 from handlers.notify import reply
 from handlers.ports import Incoming, Reloader
 from handlers.render import Doc
 from handlers.settings import Settings
+from storage.tx import Tx
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from bot.store import Tx
 from handlers import corrections, meetings, views, workflow
 from handlers.admin import reload_command
 from handlers.intake import take_referral
@@ -14,6 +13,7 @@ from handlers.referral_form import referral_template
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.workflow import Call, Handler, Refusal
+from storage.tx import Tx
 
 log = logging.getLogger(__name__)
 

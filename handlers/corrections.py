@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import re
 
-from bot.store import Referral, Tx
 from handlers.notify import LABEL, team_message, thread_message
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.workflow import MIN_REASON, Call, Refusal
+from schemas.records import Referral
+from storage.tx import Tx
 
 _AMEND = re.compile(r"\s*!amend\b[ \t]*(\S*)\s*(.*)\Z", re.IGNORECASE | re.DOTALL)
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from bot.store import Referral, Tx
 from handlers.notify import LABEL, format_time, team_message
 from handlers.ports import txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import add_working_days, add_working_hours, describe_deadline
 from schemas.config import DeadlinesConfig
+from schemas.records import Referral
+from storage.tx import Tx
 
 RAG_RATINGS = ("red", "amber", "green")
 

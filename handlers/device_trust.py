@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.store import Tx
 from handlers.notify import team_message
 from handlers.ports import OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
+from storage.tx import Tx
 
 EXPIRY_MINUTES = 5
 

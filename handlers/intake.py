@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from bot.store import Tx
 from handlers.notify import LONDON, format_time
 from handlers.pattern import Pattern, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
@@ -19,6 +18,7 @@ from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import add_working_days, describe_deadline
 from schemas.referral import ReferralForm
+from storage.tx import Tx
 
 log = logging.getLogger(__name__)
 

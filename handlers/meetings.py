@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 
-from bot.store import Meeting, MeetingItem, Participant, Referral, Tx
 from handlers.notify import LABEL, LONDON, format_time, tell_referrer
 from handlers.pattern import agency_of, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, RoomSpec, txn_id_for
@@ -24,6 +23,8 @@ from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.views import form_rows
 from handlers.workflow import USER_RE, Call, Refusal, _split
+from schemas.records import Meeting, MeetingItem, Participant, Referral
+from storage.tx import Tx
 
 QUESTIONS = (
     "Is there reasonable cause to suspect that the child is suffering, or is likely to "

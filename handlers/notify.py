@@ -9,10 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bot.store import Referral, Tx
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
+from schemas.records import Referral
+from storage.tx import Tx
 
 LONDON = ZoneInfo("Europe/London")
 

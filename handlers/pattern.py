@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from bot.store import Referral
 from schemas.config import PatternConfig
+from schemas.records import Referral
 
 
 @dataclass(frozen=True)

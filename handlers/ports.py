@@ -1,70 +1,18 @@
 """The plain values that cross between the Matrix shell and the use cases.
 
 Nothing here knows about matrix-nio: the shell turns events into `Incoming` and turns
-`OutgoingMessage` into Matrix events.
+`OutgoingMessage` into Matrix events (both defined in `schemas.messages`, re-exported here).
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message the bot must act on, as it was stored in the inbox."""
-
-    seq: int
-    event_id: str
-    room_id: str
-    sender: str
-    origin_ts: int
-    room_encrypted: bool
-    body: str
-    # True when the room is unencrypted: the body was never stored, only that it looked
-    # like a command.
-    withheld: bool = False
-    # True when only the bot and the sender are in the room (a direct message).
-    private: bool = False
-    # For membership changes (join, leave, invite): what happened, and to whom.
-    membership: str | None = None
-    target: str | None = None
-    # An edit (`m.replace`) of this event; `command`: the new text starts with "!".
-    edit_of: str | None = None
-    command: bool = False
-    # A redaction (deletion) of this event.
-    redacts: str | None = None
-
-
-@dataclass(frozen=True)
-class OutgoingMessage:
-    """A notice to send. `reply_to` makes it a reply; `thread_root` puts it in a thread."""
-
-    room_id: str
-    body: str
-    html: str
-    reply_to: str | None = None
-    thread_root: str | None = None
-    # Sensitive messages carry referral details and are only ever sent to encrypted rooms.
-    sensitive: bool = True
-    # Users to notify (Matrix intentional mentions); nobody else is ever pinged.
-    mentions: tuple[str, ...] = ()
-    # Sent unencrypted even in an encrypted room, for the one reader who cannot decrypt
-    # the bot's messages: a device not yet verified. Never for sensitive messages.
-    plaintext: bool = False
-    # Goes out at once even when messages of its kind are being gathered into one
-    # (the advice-team summary of an immediate-danger referral).
-    urgent: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
-        data = dict(data)
-        data["mentions"] = tuple(data.get("mentions", ()))
-        return cls(**data)
+# Defined with the stored messages (schemas/messages.py); re-exported as the port's values.
+from schemas.messages import Incoming as Incoming
+from schemas.messages import OutgoingMessage as OutgoingMessage
 
 
 def txn_id_for(answered_event_id: str, purpose: str) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from bot.store import Tx
 from handlers.notify import format_time
 from handlers.ports import OutgoingMessage, txn_id_for
 from handlers.render import Doc
+from storage.tx import Tx
 
 
 async def tell_undecryptable(tx: Tx, *, room_id: str, event_id: str, sent_at: datetime) -> None:

@@ -6,7 +6,6 @@ import json
 from datetime import datetime
 from typing import Any
 
-from bot.store import RecordEntry, Referral, Tx
 from handlers.deadlines import age_of, time_left
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
@@ -14,6 +13,8 @@ from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.workflow import Call, Refusal
 from handlers.working_days import describe_deadline
+from schemas.records import RecordEntry, Referral
+from storage.tx import Tx
 
 
 def _yes_no(value: object) -> str:

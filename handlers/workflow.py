@@ -12,13 +12,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bot.store import Referral, Tx
 from handlers.deadlines import RAG_RATINGS, deadline_for
 from handlers.notify import LABEL, reply, team_message, tell_referrer
 from handlers.ports import Incoming, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import describe_deadline
+from schemas.records import Referral
+from storage.tx import Tx
 
 REF_RE = re.compile(r"^REF-\d{4}-\d{6}$")
 USER_RE = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.keyring import Keyring
+from storage.keyring import Keyring
 
 TEST_KEY = "unit-test-database-key-0123456789abcdef"
 KEYRING = Keyring(TEST_KEY)

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from bot.store import InboxItem, Tx
 from bot.sync_loop import TOKEN_KEY
 from bot.world import World
+from schemas.messages import InboxItem
+from storage.tx import Tx
 from tests.forms import referral
 from tests.integration.live import db_rows, running
 

@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from bot.pipeline import Pipeline
-from bot.store import InboxItem, Store
 from bot.timers import tick
 from handlers.ports import OutgoingMessage
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
 from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bot.keyring import Keyring
 from bot.pipeline import Pipeline
-from bot.store import InboxItem, Store
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
+from storage.keyring import Keyring
 from tests.keys import KEYRING, TEST_KEY
 from tests.unit.memory_messenger import MemoryMessenger
 

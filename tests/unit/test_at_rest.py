@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from bot.keyring import Keyring
-from bot.migrations import MIGRATIONS
-from bot.store import DatabaseInUse, InboxItem, Store, WrongDatabaseKey, _split_sql
+from schemas.messages import InboxItem
+from storage.engine import DatabaseInUse, Store, WrongDatabaseKey, _split_sql
+from storage.keyring import Keyring
+from storage.migrations import MIGRATIONS
 from tests.forms import referral
 from tests.keys import KEYRING
 from tests.unit.rig import DM, NURSE, START, dump, file_bytes, opened, rig_at, sql

@@ -24,8 +24,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.store import ChainReport, InboxItem
 from handlers.ports import OutgoingMessage, txn_id_for
+from schemas.messages import InboxItem
+from storage.integrity import ChainReport
 from tests.forms import BASE_FIELDS, referral
 from tests.unit.rig import DM, NURSE, START, TEAM, Rig, sql
 

@@ -22,10 +22,10 @@ from nio.store import SqliteStore
 from bot.device_trust import DeviceTrust
 from bot.messenger import MatrixMessenger
 from bot.sas import EMOJI, BotSas, sas_emoji
-from bot.store import Store
 from handlers.ports import OutgoingMessage, SendRefused
 from handlers.settings import Settings
 from schemas.config import PinnedDevice
+from storage.engine import Store
 from tests.keys import KEYRING
 
 BOT = "@bot:example.org"

@@ -11,9 +11,10 @@ import pytest
 import pytest_asyncio
 
 from bot.pipeline import Pipeline
-from bot.store import InboxItem, Store
 from handlers import intake
 from handlers.settings import Settings
+from schemas.messages import InboxItem
+from storage.engine import Store
 from tests.forms import referral
 from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger

@@ -3,7 +3,7 @@ from datetime import date
 import pytest
 from cryptography.exceptions import InvalidTag
 
-from bot.keyring import Keyring, normalise_name
+from storage.keyring import Keyring, normalise_name
 
 
 def test_round_trip_and_context_binding() -> None:

@@ -236,8 +236,8 @@ async def test_the_childs_gp_is_invited_when_known(tmp_path: Path) -> None:
 async def test_meeting_notes_and_reasons_are_encrypted_at_rest_and_survive_rotation(
     h: Harness,
 ) -> None:
-    from bot.keyring import Keyring
-    from bot.store import Store
+    from storage.engine import Store
+    from storage.keyring import Keyring
     from tests.keys import KEYRING
 
     _, ref, room = await meeting_for(h)

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from bot.store import InboxItem
 from handlers.ports import txn_id_for
+from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.rig import DM, NURSE, START, Rig, rig_at, sql
 

@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from bot.keyring import Keyring
-from bot.store import InboxItem, Store, WrongDatabaseKey
 from handlers.ports import OutgoingMessage
+from schemas.messages import InboxItem
+from storage.engine import Store, WrongDatabaseKey
+from storage.keyring import Keyring
 from tests.forms import referral
 from tests.keys import KEYRING
 from tests.unit.rig import (

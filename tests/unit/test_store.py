@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.migrations import LATEST_VERSION
-from bot.store import Store, _split_sql
+from storage.engine import Store, _split_sql
+from storage.migrations import LATEST_VERSION
 from tests.keys import KEYRING
 
 

@@ -10,8 +10,8 @@ import re
 import time
 from pathlib import Path
 
-from bot.store import InboxItem
 from handlers.ports import OutgoingMessage
+from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.rig import DM, NURSE, START, TEAM, Rig, rig_at, sql
 

@@ -1,0 +1,113 @@
+"""The inbox: every timeline event the bot must act on, stored before the sync token moves
+on, handed to a room's worker in order, and its text forgotten once handled."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from schemas.messages import InboxItem, Incoming, UndecryptedItem
+from storage.base import TxBase
+from storage.fields import ctx_payload, dumps, iso
+
+
+class InboxStore(TxBase):
+    async def add_inbox(self, items: Iterable[InboxItem]) -> set[str]:
+        """Store events not seen before; return the rooms that got new pending work (their
+        workers are also started once the transaction commits)."""
+        rooms: set[str] = set()
+        for item in items:
+            cur = await self._db.execute(
+                "INSERT OR IGNORE INTO inbox (event_id, room_id, sender, origin_ts,"
+                " room_encrypted, state, payload, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item.event_id,
+                    item.room_id,
+                    item.sender,
+                    item.origin_ts,
+                    int(item.room_encrypted),
+                    item.state,
+                    self._keyring.encrypt(dumps(item.payload), ctx_payload(item.event_id)),
+                    iso(self.now),
+                ),
+            )
+            if cur.rowcount and item.state == "pending":
+                rooms.add(item.room_id)
+        self.inbox_rooms |= rooms
+        return rooms
+
+    async def known_event(self, event_id: str) -> bool:
+        async with self._db.execute("SELECT 1 FROM inbox WHERE event_id = ?", (event_id,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def next_pending(self, room_id: str) -> Incoming | None:
+        async with self._db.execute(
+            "SELECT seq, event_id, room_id, sender, origin_ts, room_encrypted, payload"
+            " FROM inbox WHERE state = 'pending' AND room_id = ? ORDER BY seq LIMIT 1",
+            (room_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        payload = json.loads(self._keyring.decrypt(row["payload"], ctx_payload(row["event_id"])))
+        return Incoming(
+            seq=row["seq"],
+            event_id=row["event_id"],
+            room_id=row["room_id"],
+            sender=row["sender"],
+            origin_ts=row["origin_ts"],
+            room_encrypted=bool(row["room_encrypted"]),
+            body=str(payload.get("body", "")),
+            withheld=bool(payload.get("withheld", False)),
+            private=bool(payload.get("private", False)),
+            membership=payload.get("membership"),
+            target=payload.get("target"),
+            edit_of=payload.get("edit_of"),
+            command=bool(payload.get("command", False)),
+            redacts=payload.get("redacts"),
+        )
+
+    async def rooms_with_pending(self) -> list[str]:
+        async with self._db.execute(
+            "SELECT DISTINCT room_id FROM inbox WHERE state = 'pending'"
+        ) as cur:
+            return [r[0] for r in await cur.fetchall()]
+
+    async def mark_handled(self, seq: int) -> None:
+        """Mark an inbox event done and forget its text."""
+        await self._db.execute(
+            "UPDATE inbox SET state = 'done', payload = NULL, handled_at = ? WHERE seq = ?",
+            (iso(self.now), seq),
+        )
+
+    async def undecrypted(self, limit: int = 200) -> list[UndecryptedItem]:
+        async with self._db.execute(
+            "SELECT seq, event_id, room_id, payload FROM inbox WHERE state = 'undecrypted'"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            UndecryptedItem(
+                r["seq"],
+                r["room_id"],
+                json.loads(self._keyring.decrypt(r["payload"], ctx_payload(r["event_id"]))),
+            )
+            for r in rows
+        ]
+
+    async def set_decrypted(self, seq: int, payload: dict[str, Any]) -> None:
+        async with self._db.execute(
+            "SELECT event_id, room_id FROM inbox WHERE seq = ?", (seq,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return
+        cur = await self._db.execute(
+            "UPDATE inbox SET state = 'pending', payload = ?"
+            " WHERE seq = ? AND state = 'undecrypted'",
+            (self._keyring.encrypt(dumps(payload), ctx_payload(row["event_id"])), seq),
+        )
+        if cur.rowcount:
+            self.inbox_rooms.add(row["room_id"])
