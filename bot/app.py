@@ -14,6 +14,7 @@ from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
+from bot.maintenance import database_location
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.reload import ConfigReloader, log_outcome
@@ -63,7 +64,7 @@ class BotApp:
             raise ConfigError([f"storage.database_key: {exc}"]) from None
         creds_exist = (data_dir / "credentials.json").exists()
         password = None if creds_exist else cfg.bot.password.read()
-        self.store = await Store.open(data_dir / "referrals.db", keyring)
+        self.store = await Store.open(database_location(cfg), keyring)
         self.client = await open_client(
             homeserver=cfg.homeserver.url,
             user_id=cfg.bot.user_id,

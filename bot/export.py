@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from bot.maintenance import database_location
 from handlers.settings import Settings
 from handlers.views import chronology_json, chronology_markdown
 from schemas.config import Config
@@ -16,12 +17,12 @@ async def export_referral(config: Config, ref: str, out_dir: Path) -> list[Path]
     keyring = Keyring(config.storage.database_key.read())
     settings = Settings.from_config(config, config.rooms.advice_team)
     # Read beside a running bot: not the exclusive lock the bot holds.
-    store = await Store.open(config.storage.data_dir / "referrals.db", keyring, exclusive=False)
+    store = await Store.open(database_location(config), keyring, exclusive=False)
     try:
         async with store.transaction() as tx:
             referral = await tx.referral_by_ref(ref.upper())
             if referral is None:
-                raise LookupError(f"no referral {ref} in {store.path}")
+                raise LookupError(f"no referral {ref} in {store.describe()}")
             markdown = await chronology_markdown(tx, referral, settings)
             data = await chronology_json(tx, referral)
             await tx.append_record(

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from schemas.config import Config, ConfigError
-from storage.engine import Store
+from storage.engine import Location, Postgres, Store
 from storage.integrity import ChainReport
 from storage.keyring import Keyring
 from storage.retention import PurgeCutoffs, PurgePlan
@@ -31,7 +31,18 @@ class Outcome:
 
 
 def database_path(config: Config) -> Path:
+    """The SQLite database file (used when no PostgreSQL database is configured)."""
     return config.storage.data_dir / "referrals.db"
+
+
+def database_location(config: Config) -> Location:
+    """Where the bot's tables are: `[storage] database` (PostgreSQL), else SQLite in
+    data_dir."""
+    s = config.storage
+    if s.database is None:
+        return database_path(config)
+    password = None if s.database_password is None else s.database_password.read()
+    return Postgres(s.database, password)
 
 
 def _keyring(secret: str, what: str) -> Keyring:
@@ -42,10 +53,10 @@ def _keyring(secret: str, what: str) -> Keyring:
 
 
 async def _open_existing(config: Config, keyring: Keyring, *, exclusive: bool) -> Store:
-    path = database_path(config)
-    if not path.exists():
-        raise ConfigError([f"there is no database at {path} (check storage.data_dir)"])
-    return await Store.open(path, keyring, exclusive=exclusive)
+    where = database_location(config)
+    if isinstance(where, Path) and not where.exists():
+        raise ConfigError([f"there is no database at {where} (check storage.data_dir)"])
+    return await Store.open(where, keyring, exclusive=exclusive)
 
 
 def describe_breaks(report: ChainReport, out: Outcome) -> None:

@@ -86,6 +86,37 @@ class StorageConfig(_Strict):
     database_key: SecretSource = Field(
         description="encrypts personal fields in the database and keys the child-matching hash"
     )
+    database: str | None = Field(
+        default=None,
+        description="a PostgreSQL URL (postgresql://user@host:port/dbname) for the bot's "
+        "tables; left out, SQLite in data_dir",
+    )
+    database_password: SecretSource | None = Field(
+        default=None, description="the PostgreSQL user's password (never in the URL)"
+    )
+
+    @field_validator("database")
+    @classmethod
+    def _postgres_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        scheme, sep, rest = v.partition("://")
+        if not sep or scheme not in ("postgresql", "postgres"):
+            raise ValueError("must be a PostgreSQL URL like postgresql://referral-bot@db/referrals")
+        if ":" in rest.split("/", 1)[0].split("@", 1)[0] and "@" in rest.split("/", 1)[0]:
+            raise ValueError(
+                "put the password in storage.database_password ({ env = ... } or "
+                "{ file = ... }), not in the URL"
+            )
+        if "password=" in rest:
+            raise ValueError("put the password in storage.database_password, not in the URL")
+        return v
+
+    @model_validator(mode="after")
+    def _password_needs_database(self) -> StorageConfig:
+        if self.database_password is not None and self.database is None:
+            raise ValueError("database_password is set but database (a PostgreSQL URL) is not")
+        return self
 
 
 class AccessConfig(_Strict):
@@ -377,9 +408,9 @@ def _resolve_paths(config: Config, root: Path) -> Config:
         return p if p.is_absolute() else (root / p)
 
     storage = config.storage.model_copy(update={"data_dir": fix(config.storage.data_dir)})
-    for name in ("store_key", "database_key"):
-        source: SecretSource = getattr(storage, name)
-        if source.file is not None:
+    for name in ("store_key", "database_key", "database_password"):
+        source: SecretSource | None = getattr(storage, name)
+        if source is not None and source.file is not None:
             storage = storage.model_copy(update={name: SecretSource(file=fix(source.file))})
     bot = config.bot
     if bot.password.file is not None:

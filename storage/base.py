@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-import aiosqlite
-
 from storage.keyring import Keyring
+from storage.sql import Connection
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Committed:
 class TxBase:
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
 
-    def __init__(self, db: aiosqlite.Connection, now: datetime, keyring: Keyring) -> None:
+    def __init__(self, db: Connection, now: datetime, keyring: Keyring) -> None:
         self._db = db
         self._keyring = keyring
         self.now = now

@@ -1,10 +1,14 @@
-"""The database file: open, lock, migrate, and run transactions over one connection.
+"""The database: open, lock, migrate, and run transactions over one connection.
 
-One aiosqlite connection, WAL, `synchronous=FULL` (an acknowledged referral must survive
-a power cut), and a lock so that a transaction is never interleaved with another
-coroutine's statements. Work happens in `transaction()` blocks: a use case either
-commits whole (record, running-record entries, outgoing messages, inbox row marked done)
-or not at all; what it left for the workers goes to `on_commit` once it is committed.
+Two engines behind one `Store` (storage/sql.py hides the few differences from the domain
+modules): SQLite in `data_dir` by default, or PostgreSQL when `[storage] database` names
+one (`Postgres`). With SQLite: one aiosqlite connection, WAL, `synchronous=FULL` (an
+acknowledged referral must survive a power cut). With PostgreSQL: one asyncpg connection
+at READ COMMITTED, where the read-then-insert steps take advisory transaction locks
+(`Connection.xact_lock`). Either way a lock keeps a transaction from being interleaved
+with another coroutine's statements. Work happens in `transaction()` blocks: a use case
+either commits whole (record, running-record entries, outgoing messages, inbox row marked
+done) or not at all; what it left for the workers goes to `on_commit` once it is committed.
 
 What is stored (docs/SECURITY.md): every column that can hold personal data is encrypted
 by the domain modules with the `Keyring`, bound to its row (`storage/fields.py`), so
@@ -18,10 +22,11 @@ import contextlib
 import fcntl
 import logging
 import os
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiosqlite
 from cryptography.exceptions import InvalidTag
@@ -31,6 +36,8 @@ from storage.fields import utc_now
 from storage.keyring import Keyring
 from storage.kv import KEY_CHECK, KEY_CHECK_TEXT
 from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.migrations_pg import POSTGRES_MIGRATIONS
+from storage.sql import Connection, PostgresConnection, SqliteConnection
 from storage.tx import Tx
 
 log = logging.getLogger(__name__)
@@ -44,31 +51,72 @@ class DatabaseInUse(Exception):
     """Another process (a running bot) holds the database."""
 
 
-class Store:
-    """Owns the database file. Open with `await Store.open(path, keyring)`.
+@dataclass(frozen=True)
+class Postgres:
+    """A PostgreSQL database: a libpq-style URL (`postgresql://user@host:port/db`, query
+    parameters such as `host=/socket/dir` or `search_path=schema` allowed) and the password
+    kept apart from it (from a secret file or the environment)."""
 
-    The bot (and `rotate-key`) open it `exclusive`: a lock file beside the database keeps
-    a second bot, or a key rotation, away while a bot runs.
+    dsn: str
+    password: str | None = None
+
+    def __str__(self) -> str:
+        return _without_password(self.dsn)
+
+
+# Where the bot's own tables live: a SQLite file, or a PostgreSQL database.
+Location = Path | Postgres
+
+# Advisory lock (session) of the process that holds a PostgreSQL database exclusively,
+# and (transaction) of a migration; the second key is the schema's hash.
+_PG_LOCK_EXCLUSIVE = 101
+_PG_LOCK_MIGRATE = 102
+
+
+class Store:
+    """Owns the database. Open with `await Store.open(path_or_postgres, keyring)`.
+
+    The bot (and `rotate-key`) open it `exclusive`: a lock file beside a SQLite database,
+    a session advisory lock on PostgreSQL, keeps a second bot, or a key rotation, away
+    while a bot runs.
     """
 
     def __init__(
-        self, db: aiosqlite.Connection, path: Path, keyring: Keyring, lock_fd: int | None
+        self, db: Connection, where: Location, keyring: Keyring, lock_fd: int | None
     ) -> None:
         self._db = db
-        self.path = path
+        self.where = where
         self.keyring = keyring
         self._lock = asyncio.Lock()
         self._lock_fd = lock_fd
         self.clock = utc_now
-        self._reader: aiosqlite.Connection | None = None
+        self._reader: Connection | None = None
         self._read_lock = asyncio.Lock()
         # Called after every write transaction that committed new work for the workers
         # (set once by the pipeline): nobody hands rooms on by hand. Read-only views and
         # rolled-back transactions never call it.
         self.on_commit: Callable[[Committed], None] | None = None
 
+    @property
+    def engine(self) -> str:
+        return self._db.dialect
+
+    @property
+    def path(self) -> Path:
+        """The SQLite database file (there is none on PostgreSQL)."""
+        if not isinstance(self.where, Path):
+            raise TypeError("the database is on PostgreSQL: there is no database file")
+        return self.where
+
+    def describe(self) -> str:
+        """Where the data is, for messages (no password)."""
+        return str(self.where)
+
     @classmethod
-    async def open(cls, path: Path, keyring: Keyring, *, exclusive: bool = True) -> Store:
+    async def open(cls, where: Location, keyring: Keyring, *, exclusive: bool = True) -> Store:
+        if isinstance(where, Postgres):
+            return await cls._open_postgres(where, keyring, exclusive=exclusive)
+        path = where
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None
         try:
@@ -77,7 +125,7 @@ class Store:
         except BaseException:
             _release_lock(lock_fd)
             raise
-        store = cls(db, path, keyring, lock_fd)
+        store = cls(SqliteConnection(db), path, keyring, lock_fd)
         try:
             db.row_factory = aiosqlite.Row
             await db.execute("PRAGMA journal_mode = WAL")
@@ -87,17 +135,40 @@ class Store:
             # Deleted and overwritten content is zeroed, so purged or re-encrypted values
             # do not linger in free pages.
             await db.execute("PRAGMA secure_delete = ON")
-            await store.migrate()
-            await store._check_key()
-            async with store.transaction() as tx:
-                sealed = await tx.seal_legacy_rows()
-            if sealed:
-                await store.compact()
+            await store._prepare()
             store.fix_permissions()
         except BaseException:
             await store.close()
             raise
         return store
+
+    @classmethod
+    async def _open_postgres(cls, where: Postgres, keyring: Keyring, *, exclusive: bool) -> Store:
+        conn = await _pg_connect(where)
+        store = cls(PostgresConnection(conn), where, keyring, None)
+        try:
+            if exclusive:
+                got = await conn.fetchval(
+                    "SELECT pg_try_advisory_lock($1::int, hashtext(current_schema()))",
+                    _PG_LOCK_EXCLUSIVE,
+                )
+                if not got:
+                    raise DatabaseInUse(
+                        f"{where} is in use by another referral-bot process; stop the bot first"
+                    )
+            await store._prepare()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    async def _prepare(self) -> None:
+        await self.migrate()
+        await self._check_key()
+        async with self.transaction() as tx:
+            sealed = await tx.seal_legacy_rows()
+        if sealed:
+            await self.compact()
 
     async def _check_key(self) -> None:
         async with self.transaction() as tx:
@@ -109,12 +180,14 @@ class Store:
             self.keyring.decrypt(check, KEY_CHECK)
         except (InvalidTag, ValueError):
             raise WrongDatabaseKey(
-                f"storage.database_key does not decrypt {self.path}: it was encrypted with "
+                f"storage.database_key does not decrypt {self.describe()}: it was encrypted with "
                 "another key (after rotate-key, point the config at the new key)"
             ) from None
 
     def fix_permissions(self) -> None:
         """The database and SQLite's -wal and -shm files: owner only."""
+        if not isinstance(self.where, Path):
+            return
         for suffix in ("", "-wal", "-shm"):
             f = self.path.with_name(self.path.name + suffix)
             with contextlib.suppress(FileNotFoundError):
@@ -124,7 +197,11 @@ class Store:
         """Copy the WAL into the file and truncate it (and rebuild the file without free
         pages), so old page images (plain text before sealing, old ciphertext before a key
         rotation, purged rows) do not stay behind in either file. With `secure_delete` on,
-        a checkpoint alone already overwrites freed content; VACUUM needs the bot stopped."""
+        a checkpoint alone already overwrites freed content; VACUUM needs the bot stopped.
+
+        On PostgreSQL dead row versions are the server's (auto)vacuum's business."""
+        if self.engine != "sqlite":
+            return
         async with self._lock:
             await self._checkpoint()
             if vacuum:
@@ -139,19 +216,29 @@ class Store:
     async def close(self) -> None:
         async with self._read_lock:
             if self._reader is not None:
-                await self._reader.close()
+                await _close_quietly(self._reader)
                 self._reader = None
         async with self._lock:
-            await self._db.close()
+            # Closing the PostgreSQL session also releases its advisory locks.
+            await _close_quietly(self._db)
         _release_lock(self._lock_fd)
         self._lock_fd = None
 
     async def schema_version(self) -> int:
-        async with self._db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+        if self.engine == "postgresql":
+            async with self._db.execute(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_version"
+            ) as cur:
+                row = await cur.fetchone()
+        else:
+            async with self._db.execute("PRAGMA user_version") as cur:
+                row = await cur.fetchone()
         return int(row[0]) if row else 0
 
     async def migrate(self, target: int = LATEST_VERSION) -> None:
+        if self.engine == "postgresql":
+            await self._migrate_postgres(target)
+            return
         async with self._lock:
             current = await self.schema_version()
             if current > LATEST_VERSION:
@@ -170,22 +257,70 @@ class Store:
                         raise
                     await self._db.execute("COMMIT")
 
+    async def _migrate_postgres(self, target: int) -> None:
+        """The same numbered steps, PostgreSQL's SQL (storage/migrations_pg.py). A
+        transaction advisory lock keeps two processes starting together from both
+        migrating; each step and its version row commit together."""
+        conn = self._db
+        async with self._lock:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)"
+            )
+            for version, _ in MIGRATIONS:
+                if version > target:
+                    break
+                await conn.execute("BEGIN")
+                try:
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(?::int, hashtext(current_schema()))",
+                        (_PG_LOCK_MIGRATE,),
+                    )
+                    current = await self._pg_version()
+                    if current > LATEST_VERSION:
+                        raise RuntimeError(
+                            f"database schema {current} is newer than this bot ({LATEST_VERSION})"
+                        )
+                    if current < version:
+                        await conn.execute(POSTGRES_MIGRATIONS[version])
+                        await conn.execute(
+                            "INSERT INTO schema_version (version) VALUES (?)", (version,)
+                        )
+                except BaseException:
+                    await _rollback(conn)
+                    raise
+                await conn.execute("COMMIT")
+
+    async def _pg_version(self) -> int:
+        async with self._db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[Tx]:
         """A read-only snapshot on a second connection, for slow reads such as /metrics:
-        with WAL it neither waits for nor blocks the writer. Writing through it fails."""
+        it neither waits for nor blocks the writer (SQLite's WAL; PostgreSQL's MVCC).
+        Writing through it fails."""
         async with self._read_lock:
             if self._reader is None:
-                self._reader = await aiosqlite.connect(
-                    f"file:{self.path}?mode=ro", uri=True, isolation_level=None
-                )
-                self._reader.row_factory = aiosqlite.Row
-                await self._reader.execute("PRAGMA busy_timeout = 5000")
-            await self._reader.execute("BEGIN")
+                self._reader = await self._open_reader()
+            if self._reader.dialect == "postgresql":
+                await self._reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            else:
+                await self._reader.execute("BEGIN")
             try:
                 yield Tx(self._reader, self.clock(), self.keyring)
             finally:
-                await self._reader.execute("ROLLBACK")
+                await _rollback(self._reader)
+
+    async def _open_reader(self) -> Connection:
+        if isinstance(self.where, Postgres):
+            return PostgresConnection(await _pg_connect(self.where))
+        reader = await aiosqlite.connect(
+            f"file:{self.where}?mode=ro", uri=True, isolation_level=None
+        )
+        reader.row_factory = aiosqlite.Row
+        await reader.execute("PRAGMA busy_timeout = 5000")
+        return SqliteConnection(reader)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
@@ -195,14 +330,22 @@ class Store:
             try:
                 # BEGIN inside the try: a task cancelled while awaiting it (shutdown) has
                 # still queued it on the connection, and must not leave it open.
-                await self._db.execute("BEGIN IMMEDIATE")
+                await self._db.execute(
+                    "BEGIN IMMEDIATE" if self.engine == "sqlite" else "BEGIN"
+                )
+                await self._fence()
                 yield tx
             except BaseException:
-                with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
-                    await self._db.execute("ROLLBACK")
+                await _rollback(self._db)  # suppressed if BEGIN itself failed
                 raise
             await self._db.execute("COMMIT")
         self._committed(tx.committed())
+
+    async def _fence(self) -> None:
+        """Run at the start of every write transaction, inside it. The place for the
+        active/standby epoch check (issue 13, part 3): a process that is no longer the
+        leader must fail here, before it writes anything. Nothing to check yet."""
+        return None
 
     def _committed(self, done: Committed) -> None:
         """Hand what a committed transaction left to `on_commit`. It is committed whatever
@@ -218,11 +361,41 @@ class Store:
     async def snapshot(self) -> AsyncIterator[Tx]:
         """A read-only view that does not hold up a running bot's writes (WAL snapshot)."""
         async with self._lock:
-            await self._db.execute("BEGIN DEFERRED")
+            await self._db.execute(
+                "BEGIN DEFERRED"
+                if self.engine == "sqlite"
+                else "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            )
             try:
                 yield Tx(self._db, self.clock(), self.keyring)
             finally:
-                await self._db.execute("ROLLBACK")
+                await _rollback(self._db)
+
+
+async def _pg_connect(where: Postgres) -> Any:
+    import asyncpg  # only needed with PostgreSQL
+
+    return await asyncpg.connect(where.dsn, password=where.password)
+
+
+async def _rollback(db: Connection) -> None:
+    """Roll back whatever is open; nothing to do if BEGIN never ran or the session is gone."""
+    with contextlib.suppress(Exception):
+        await db.execute("ROLLBACK")
+
+
+async def _close_quietly(db: Connection) -> None:
+    with contextlib.suppress(Exception):
+        await db.close()
+
+
+def _without_password(dsn: str) -> str:
+    """`postgresql://user:secret@host/db` → `postgresql://user@host/db`."""
+    scheme, sep, rest = dsn.partition("://")
+    if not sep or "@" not in rest.split("/", 1)[0]:
+        return dsn
+    userinfo, _, hostpart = rest.partition("@")
+    return f"{scheme}://{userinfo.split(':', 1)[0]}@{hostpart}"
 
 
 def _private_file(path: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import aiosqlite
 from cryptography.exceptions import InvalidTag
 
 from storage.fields import (
@@ -22,6 +21,7 @@ from storage.fields import (
 from storage.keyring import Keyring
 from storage.kv import KEY_CHECK, KEY_CHECK_TEXT, KvStore
 from storage.record import RecordStore
+from storage.sql import Row
 
 # Set by migration step 3: rows written before field encryption still have to be sealed.
 SEAL_FLAG = "legacy_rows_to_seal"
@@ -283,7 +283,7 @@ class _ChainState:
     broken: bool = False
 
 
-def _entry_problem(keyring: Keyring, state: _ChainState, e: aiosqlite.Row) -> str | None:
+def _entry_problem(keyring: Keyring, state: _ChainState, e: Row) -> str | None:
     if e["prev_hash"] != state.last_hash:
         return "it does not follow the entry before it (an entry was removed, inserted or moved)"
     try:

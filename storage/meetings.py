@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import aiosqlite
-
 from schemas.records import Meeting, MeetingItem, Participant, RoomJob
 from storage.base import TxBase
 from storage.fields import ctx_close_note, ctx_item, iso, parse_dt
 from storage.keyring import Keyring
+from storage.sql import LOCK_MEETING_ACTIONS, Row
 
 
-def _meeting(r: aiosqlite.Row, keyring: Keyring) -> Meeting:
+def _meeting(r: Row, keyring: Keyring) -> Meeting:
     return Meeting(
         id=r["id"],
         referral_id=r["referral_id"],
@@ -31,7 +30,7 @@ def _meeting(r: aiosqlite.Row, keyring: Keyring) -> Meeting:
     )
 
 
-def _item(r: aiosqlite.Row, keyring: Keyring) -> MeetingItem:
+def _item(r: Row, keyring: Keyring) -> MeetingItem:
     return MeetingItem(
         id=r["id"],
         number=r["number"],
@@ -141,6 +140,7 @@ class MeetingStore(TxBase):
     ) -> MeetingItem:
         number = None
         if kind == "action":
+            await self._db.xact_lock(LOCK_MEETING_ACTIONS, meeting_id)
             async with self._db.execute(
                 "SELECT COALESCE(MAX(number), 0) + 1 FROM meeting_items"
                 " WHERE meeting_id = ? AND kind = 'action'",

@@ -12,6 +12,7 @@ from typing import Any
 from schemas.records import RecordEntry
 from storage.base import TxBase
 from storage.fields import ctx_detail, dumps, iso
+from storage.sql import LOCK_RECORD_CHAIN
 
 # The actor of entries the bot writes itself (a message sent or refused).
 SYSTEM_ACTOR = "referral-bot"
@@ -21,7 +22,10 @@ class RecordStore(TxBase):
     async def append_record(
         self, referral_id: int, actor: str, kind: str, detail: dict[str, Any] | None = None
     ) -> None:
-        """Add an entry to a referral's running record, chained to the entry before it."""
+        """Add an entry to a referral's running record, chained to the entry before it
+        (on PostgreSQL under a lock on the referral's chain, so two connections never
+        chain to the same entry)."""
+        await self._db.xact_lock(LOCK_RECORD_CHAIN, referral_id)
         async with self._db.execute(
             "SELECT hash FROM record_entries WHERE referral_id = ? ORDER BY id DESC LIMIT 1",
             (referral_id,),
@@ -66,16 +70,10 @@ class RecordStore(TxBase):
         """Lift the running record's append-only triggers for the rest of this transaction.
 
         Only key rotation, retention purges and sealing old rows use this. The triggers are
-        dropped and recreated from their own stored SQL inside the open transaction, so no
-        other connection ever sees the table unguarded, and a failure rolls the drop back.
+        dropped and recreated (SQLite) or disabled and enabled (PostgreSQL) inside the open
+        transaction, so no other connection ever sees the table unguarded, and a failure
+        rolls the change back.
         """
-        async with self._db.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-            " AND tbl_name = 'record_entries' ORDER BY name"
-        ) as cur:
-            triggers = [(str(r[0]), str(r[1])) for r in await cur.fetchall()]
-        for name, _ in triggers:
-            await self._db.execute(f'DROP TRIGGER "{name}"')
+        await self._db.lift_append_only("record_entries")
         yield
-        for _, sql in triggers:
-            await self._db.execute(sql)
+        await self._db.restore_append_only("record_entries")

@@ -7,15 +7,14 @@ import json
 from datetime import datetime
 from typing import Any
 
-import aiosqlite
-
 from schemas.records import Referral
 from storage.base import TxBase
 from storage.fields import child_key_of, ctx_form, ctx_pending, dumps, iso, parse_dt
 from storage.keyring import Keyring
+from storage.sql import LOCK_REF_NUMBER, Row
 
 
-def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
+def _referral(row: Row, keyring: Keyring) -> Referral:
     pending = row["pending_reclassification"]
     if pending:
         pending = keyring.decrypt(pending, ctx_pending(row["id"]))
@@ -52,6 +51,11 @@ def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
 
 class ReferralStore(TxBase):
     async def next_year_seq(self, year: int) -> int:
+        """The next REF number of `year`. Call in the transaction that inserts it: on
+        PostgreSQL the lock taken here keeps another connection from reading the same
+        number until this transaction ends (then it reads the committed maximum), so
+        numbers have neither duplicates nor gaps (a rolled-back insert frees its number)."""
+        await self._db.xact_lock(LOCK_REF_NUMBER, year)
         async with self._db.execute(
             "SELECT COALESCE(MAX(year_seq), 0) + 1 FROM referrals WHERE year = ?", (year,)
         ) as cur:

@@ -1,18 +1,52 @@
-"""Shared fixtures: one real Synapse for the whole test session, on loopback."""
+"""Shared fixtures: one real Synapse and (when installed) one throwaway PostgreSQL for the
+whole test session, on loopback / a private Unix socket."""
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
+from bot.devpostgres import DevPostgres
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
+from tests import engines
 
 _names = itertools.count(1)
+
+NO_POSTGRES = (
+    "PostgreSQL half skipped: no PostgreSQL server binaries (initdb, pg_ctl, postgres) "
+    "found on PATH or in /usr/lib/postgresql/*/bin"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[DevPostgres]:
+    """A throwaway PostgreSQL cluster for the session (fsync off), with one database."""
+    pg = DevPostgres.find()
+    if pg is None:
+        pytest.skip(NO_POSTGRES)
+    pg.start()
+    try:
+        pg.create_database(engines.DATABASE)
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run a storage test on both engines: `tests.engines.location(path)` gives the
+    database for this run (the SQLite file, or a schema of its own on PostgreSQL)."""
+    if request.param == "postgresql":
+        engines.CURRENT = request.getfixturevalue("postgres_server")
+    try:
+        yield str(request.param)
+    finally:
+        engines.CURRENT = None
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -1,4 +1,6 @@
-"""The store: migrations, append-only running record, file permissions."""
+"""The store: migrations, append-only running record, file permissions.
+
+Every test here that takes `engine` runs on SQLite and on PostgreSQL (tests/engines.py)."""
 
 from __future__ import annotations
 
@@ -8,23 +10,39 @@ from pathlib import Path
 
 import pytest
 
-from storage.engine import Store, _split_sql
-from storage.migrations import LATEST_VERSION
+from storage.engine import Postgres, Store, _pg_connect, _split_sql
+from storage.migrations import LATEST_VERSION, MIGRATIONS
+from storage.migrations_pg import POSTGRES_MIGRATIONS
+from storage.sql import PostgresConnection, SqliteConnection
+from tests.engines import location, on_postgres, sql
 from tests.keys import KEYRING
 
 
-async def test_fresh_database_is_migrated_and_private(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "data" / "referrals.db", KEYRING)
+def test_every_schema_step_has_sqlite_and_postgresql_sql() -> None:
+    """One migration history: a step added for SQLite needs its PostgreSQL twin in
+    storage/migrations_pg.py (the rules for writing it are at the top of that file)."""
+    numbers = [v for v, _ in MIGRATIONS]
+    assert numbers == list(range(1, len(numbers) + 1))
+    assert sorted(POSTGRES_MIGRATIONS) == numbers, "steps without PostgreSQL SQL: " + str(
+        sorted(set(numbers) - set(POSTGRES_MIGRATIONS))
+    )
+
+
+async def test_fresh_database_is_migrated_and_private(tmp_path: Path, engine: str) -> None:
+    store = await Store.open(location(tmp_path / "data" / "referrals.db"), KEYRING)
     assert await store.schema_version() == LATEST_VERSION
+    assert store.engine == engine
     await store.close()
+    if on_postgres():
+        return
     assert stat.S_IMODE((tmp_path / "data").stat().st_mode) == 0o700
     assert stat.S_IMODE((tmp_path / "data" / "referrals.db").stat().st_mode) == 0o600
     db = sqlite3.connect(tmp_path / "data" / "referrals.db")
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
-async def test_upgrade_from_the_first_schema(tmp_path: Path) -> None:
-    path = tmp_path / "old.db"
+async def test_upgrade_from_the_first_schema(tmp_path: Path, engine: str) -> None:
+    path = location(tmp_path / "old.db")
     first = await Store.open(path, KEYRING)
     await first.close()
     # Reopening applies nothing twice and keeps the version.
@@ -33,8 +51,8 @@ async def test_upgrade_from_the_first_schema(tmp_path: Path) -> None:
     await again.close()
 
 
-async def test_running_record_is_append_only(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "r.db", KEYRING)
+async def test_running_record_is_append_only(tmp_path: Path, engine: str) -> None:
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
     async with store.transaction() as tx:
         await tx._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
@@ -44,15 +62,49 @@ async def test_running_record_is_append_only(tmp_path: Path) -> None:
         )
         await tx.append_record(1, "@u:x", "received")
     await store.close()
-    db = sqlite3.connect(tmp_path / "r.db")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("UPDATE record_entries SET kind = 'forged'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM record_entries")
+    # From outside the bot, with a SQL shell on the database.
+    for statement in ("UPDATE record_entries SET kind = 'forged'", "DELETE FROM record_entries"):
+        with pytest.raises(Exception, match="append-only"):
+            sql(tmp_path / "r.db", statement)
+    if on_postgres():
+        with pytest.raises(Exception, match="append-only"):
+            sql(tmp_path / "r.db", "TRUNCATE record_entries CASCADE")
+    assert sql(tmp_path / "r.db", "SELECT kind FROM record_entries") == [("received",)]
 
 
-async def test_a_failed_transaction_leaves_nothing(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "r.db", KEYRING)
+async def test_the_guard_is_lifted_only_inside_the_transaction(
+    tmp_path: Path, engine: str
+) -> None:
+    """`append_only_lifted` (purge, rotate-key): the record can change inside that one
+    transaction; after it, and after a rollback, the guard is back."""
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
+    async with store.transaction() as tx:
+        await tx._db.execute(
+            "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
+            " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
+            " form) VALUES ('REF-2026-000001', 2026, 1, '$e', '!r', '@u:x', 't',"
+            " 'contact', '@u:x', 'contact', 0, 'received', 't', '{}')"
+        )
+        await tx.append_record(1, "@u:x", "received")
+        await tx.append_record(1, "@u:x", "noted")
+    with pytest.raises(RuntimeError):
+        async with store.transaction() as tx, tx.append_only_lifted():
+            await tx._db.execute("DELETE FROM record_entries WHERE kind = 'noted'")
+            raise RuntimeError("abort")
+    async with store.transaction() as tx:
+        assert [e.kind for e in await tx.record_of(1)] == ["received", "noted"]
+        async with tx.append_only_lifted():
+            await tx._db.execute("DELETE FROM record_entries WHERE kind = 'noted'")
+    async with store.transaction() as tx:
+        assert [e.kind for e in await tx.record_of(1)] == ["received"]
+    with pytest.raises(Exception, match="append-only"):
+        async with store.transaction() as tx:
+            await tx._db.execute("DELETE FROM record_entries")
+    await store.close()
+
+
+async def test_a_failed_transaction_leaves_nothing(tmp_path: Path, engine: str) -> None:
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
     with pytest.raises(RuntimeError):
         async with store.transaction() as tx:
             await tx.set_kv("k", "v")
@@ -103,37 +155,43 @@ SCHEMA_1_ROWS = [
 ]
 
 
-async def _store_at(path: Path, version: int) -> Store:
+async def _store_at(db_path: Path, version: int) -> Store:
     """A store whose schema is exactly `version` (Store.open would go to the latest)."""
     import aiosqlite
 
-    db = await aiosqlite.connect(path, isolation_level=None)
-    db.row_factory = aiosqlite.Row
-    store = Store(db, path, KEYRING, None)
+    where = location(db_path)
+    if isinstance(where, Postgres):
+        store = Store(PostgresConnection(await _pg_connect(where)), where, KEYRING, None)
+    else:
+        db = await aiosqlite.connect(where, isolation_level=None)
+        db.row_factory = aiosqlite.Row
+        store = Store(SqliteConnection(db), where, KEYRING, None)
     await store.migrate(target=version)
     return store
 
 
-async def test_each_step_applies_once_in_order(tmp_path: Path) -> None:
+async def test_each_step_applies_once_in_order(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "steps.db"
     for version in range(1, LATEST_VERSION + 1):
         store = await _store_at(path, version)
         assert await store.schema_version() == version
         await store.close()
-    store = await Store.open(path, KEYRING)
+    store = await Store.open(location(path), KEYRING)
     assert await store.schema_version() == LATEST_VERSION
     await store.close()
 
 
-async def test_rows_stored_at_the_first_schema_survive_every_upgrade(tmp_path: Path) -> None:
+async def test_rows_stored_at_the_first_schema_survive_every_upgrade(
+    tmp_path: Path, engine: str
+) -> None:
     path = tmp_path / "v1.db"
     old = await _store_at(path, 1)
     async with old.transaction() as tx:
-        for sql in SCHEMA_1_ROWS:
-            await tx._db.execute(sql)
+        for statement in SCHEMA_1_ROWS:
+            await tx._db.execute(statement)
     await old.close()
 
-    store = await Store.open(path, KEYRING)  # upgrades to the latest
+    store = await Store.open(location(path), KEYRING)  # upgrades to the latest
     assert await store.schema_version() == LATEST_VERSION
     async with store.transaction() as tx:
         assert await tx.get_kv("sync_token") == "s72594_4483_1934"
@@ -157,23 +215,28 @@ async def test_rows_stored_at_the_first_schema_survive_every_upgrade(tmp_path: P
     assert [(r.txn_id, r.purpose, r.referral_id) for r in unsent] == [("rbtxn1", "ack", 2)]
     assert unsent[0].message.reply_to == "$ev2"
 
-    db = sqlite3.connect(path)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM record_entries")  # still append-only after the upgrade
-    db.close()
+    with pytest.raises(Exception, match="append-only"):
+        sql(path, "DELETE FROM record_entries")  # still append-only after the upgrade
 
 
-async def test_a_database_newer_than_the_bot_is_refused(tmp_path: Path) -> None:
+async def test_a_database_newer_than_the_bot_is_refused(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "future.db"
-    db = sqlite3.connect(path)
-    db.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
-    db.close()
+    where = location(path)
+    if on_postgres():
+        sql(path, "CREATE TABLE schema_version (version BIGINT NOT NULL)")
+        sql(path, "INSERT INTO schema_version VALUES (?)", LATEST_VERSION + 1)
+    else:
+        db = sqlite3.connect(path)
+        db.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+        db.close()
     with pytest.raises(RuntimeError, match="newer than this bot"):
-        await Store.open(path, KEYRING)
+        await Store.open(where, KEYRING)
 
 
-async def test_the_read_connection_sees_commits_and_cannot_write(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "r.db", KEYRING)
+async def test_the_read_connection_sees_commits_and_cannot_write(
+    tmp_path: Path, engine: str
+) -> None:
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
     async with store.transaction() as tx:
         await tx.set_kv("k", "v1")
     async with store.reading() as tx:
@@ -184,7 +247,7 @@ async def test_the_read_connection_sees_commits_and_cannot_write(tmp_path: Path)
         await tx.set_kv("k", "v2")
     async with store.reading() as tx:
         assert await tx.get_kv("k") == "v2"
-        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        with pytest.raises(Exception, match=r"read-?only"):
             await tx.set_kv("k", "forged")
     await store.close()
 
