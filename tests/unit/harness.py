@@ -14,6 +14,7 @@ from handlers.ports import OutgoingMessage
 from handlers.settings import Settings
 from schemas.messages import InboxItem
 from storage.engine import Store
+from tests.engines import location
 from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger
 
@@ -38,7 +39,7 @@ class Harness:
 
     @classmethod
     async def open(cls, path: Path, **settings: object) -> Harness:
-        store = await Store.open(path, KEYRING)
+        store = await Store.open(location(path), KEYRING)
         messenger = MemoryMessenger()
         base = Settings(
             bot_user_id="@bot:example.org",

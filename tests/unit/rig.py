@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from handlers.settings import Settings
 from schemas.messages import InboxItem
 from storage.engine import Store
 from storage.keyring import Keyring
+from tests.engines import config_lines, dump, edit_by_hand, location, sql
 from tests.keys import KEYRING, TEST_KEY
 from tests.unit.memory_messenger import MemoryMessenger
 
@@ -27,6 +27,9 @@ NURSE = "@nurse:example.org"
 START = datetime(2026, 11, 25, 10, 0, tzinfo=UTC)
 
 _ids = itertools.count(1)
+
+# Raw SQL on the current engine's database (tests/engines.py), re-exported for the tests.
+__all__ = ["dump", "edit_by_hand", "sql"]
 
 CONFIG = """\
 [homeserver]
@@ -40,7 +43,7 @@ password = {{ file = "secrets/bot-password" }}
 data_dir = "data"
 store_key = {{ file = "secrets/store-key" }}
 database_key = {{ file = "secrets/database-key" }}
-
+{database}
 [access]
 allowed_homeservers = ["example.org"]
 
@@ -51,14 +54,16 @@ advice_team = "{team}"
 
 
 def write_config(base: Path, *, key: str = TEST_KEY, extra: str = "") -> Path:
-    """A config whose data_dir is `base/data`, as the maintenance commands read it."""
+    """A config whose data_dir is `base/data`, as the maintenance commands read it; on
+    PostgreSQL its `database` is the one `base/data/referrals.db` stands for."""
     secrets = base / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
     (secrets / "bot-password").write_text("unused-password")
     (secrets / "store-key").write_text("store-key-" + "s" * 32)
     (secrets / "database-key").write_text(key)
     path = base / "config.toml"
-    path.write_text(CONFIG.format(team=TEAM, extra=extra), encoding="utf-8")
+    database = config_lines(base / "data" / "referrals.db")
+    path.write_text(CONFIG.format(team=TEAM, extra=extra, database=database), encoding="utf-8")
     return path
 
 
@@ -70,7 +75,7 @@ class Rig:
 
     @classmethod
     async def open(cls, db_path: Path, keyring: Keyring = KEYRING) -> Rig:
-        store = await Store.open(db_path, keyring)
+        store = await Store.open(location(db_path), keyring)
         messenger = MemoryMessenger(encrypted_rooms={DM, TEAM})
         pipeline = Pipeline(store, Settings("@bot:example.org", TEAM), messenger)
         return cls(store, messenger, pipeline)
@@ -105,7 +110,7 @@ class Rig:
 async def opened(db_path: Path, keyring: Keyring = KEYRING, **kw: bool) -> AsyncIterator[Store]:
     """A store that is closed even when the test fails (an open aiosqlite connection keeps
     a thread alive and would hang the test run)."""
-    store = await Store.open(db_path, keyring, **kw)
+    store = await Store.open(location(db_path), keyring, **kw)
     try:
         yield store
     finally:
@@ -121,46 +126,9 @@ async def rig_at(db_path: Path, keyring: Keyring = KEYRING) -> AsyncIterator[Rig
         await rig.close()
 
 
-def sql(db_path: Path, query: str, *args: object) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(db_path)
-    try:
-        return db.execute(query, args).fetchall()
-    finally:
-        db.close()
-
-
 def file_bytes(folder: Path) -> dict[Path, bytes]:
     """Every file under a folder, as the bytes `grep` would search."""
     return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-
-
-def dump(db_path: Path) -> str:
-    """What `sqlite3 .dump` shows."""
-    db = sqlite3.connect(db_path)
-    try:
-        return "\n".join(db.iterdump())
-    finally:
-        db.close()
-
-
-def edit_by_hand(db_path: Path, *statements: str) -> None:
-    """What someone with the database file and the sqlite3 shell can do: lift the
-    append-only triggers, change rows, put the triggers back."""
-    db = sqlite3.connect(db_path)
-    try:
-        triggers = db.execute(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
-            " AND tbl_name = 'record_entries'"
-        ).fetchall()
-        for name, _ in triggers:
-            db.execute(f"DROP TRIGGER {name}")
-        for statement in statements:
-            db.execute(statement)
-        for _, trigger_sql in triggers:
-            db.execute(trigger_sql)
-        db.commit()
-    finally:
-        db.close()
 
 
 async def cli(*args: str | Path) -> int:

@@ -7,7 +7,6 @@ every caller used to write after its transaction.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,8 +16,12 @@ from schemas.messages import InboxItem, OutgoingMessage
 from storage.base import Committed
 from storage.engine import Store
 from storage.tx import Tx
+from tests.engines import location, sql
 from tests.keys import KEYRING
 from tests.unit.rig import DM, NURSE, TEAM, Rig
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 class Boom(Exception):
@@ -51,7 +54,7 @@ def message(room: str, text: str) -> OutgoingMessage:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "r.db", KEYRING)
+    s = await Store.open(location(tmp_path / "r.db"), KEYRING)
     yield s
     await s.close()
 
@@ -83,8 +86,7 @@ async def test_a_rollback_hands_on_nothing(store: Store) -> None:
             await a_meeting(tx)
             raise Boom
     assert seen == []
-    db = sqlite3.connect(store.path)
-    assert db.execute("SELECT COUNT(*) FROM outbox").fetchone() == (0,)
+    assert sql(store.where, "SELECT COUNT(*) FROM outbox") == [(0,)]
 
 
 async def test_a_transaction_that_left_nothing_calls_nothing(store: Store) -> None:

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from bot.events import to_inbox_item
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.test_workflow import column, kinds, refer
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 OTHER = "@gp:example.org"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,9 +14,13 @@ from handlers import intake
 from handlers.settings import Settings
 from schemas.messages import InboxItem
 from storage.engine import Store
+from tests.engines import location, sql
 from tests.forms import referral
 from tests.keys import KEYRING
 from tests.unit.memory_messenger import MemoryMessenger
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 DM = "!dm:example.org"
 TEAM = "!team:example.org"
@@ -28,7 +31,7 @@ TS = int(datetime(2026, 11, 25, 10, 0, tzinfo=UTC).timestamp() * 1000)
 
 @pytest_asyncio.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = await Store.open(tmp_path / "referrals.db", KEYRING)
+    s = await Store.open(location(tmp_path / "referrals.db"), KEYRING)
     yield s
     await s.close()
 
@@ -70,12 +73,8 @@ async def deliver(
     return event_id
 
 
-def rows(store: Store, sql: str) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(store.path)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
+def rows(store: Store, query: str) -> list[tuple[object, ...]]:
+    return sql(store.where, query)
 
 
 async def test_valid_referral_is_recorded_acknowledged_and_summarised(
@@ -230,12 +229,12 @@ async def test_user_text_cannot_inject_markup_or_ping_the_room(
 async def test_restart_resumes_unhandled_events_and_unsent_messages(
     tmp_path: Path,
 ) -> None:
-    store = await Store.open(tmp_path / "r.db", KEYRING)
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
     async with store.transaction() as tx:
         await tx.add_inbox([InboxItem("$e", DM, NURSE, TS, True, "pending", {"body": referral()})])
     await store.close()  # "crash" before any worker ran
 
-    store = await Store.open(tmp_path / "r.db", KEYRING)
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
     messenger = MemoryMessenger(encrypted_rooms={DM, TEAM})
     pipeline = Pipeline(store, Settings("@bot:example.org", TEAM), messenger)
     await pipeline.resume()

@@ -6,10 +6,15 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from handlers.ports import txn_id_for
 from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.rig import DM, NURSE, START, Rig, rig_at, sql
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 EVENTS = [
     ("$r1", referral(Child_name="Replay One")),

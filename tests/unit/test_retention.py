@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -11,6 +10,9 @@ import pytest
 
 from tests.forms import referral
 from tests.unit.rig import cli, file_bytes, opened, rig_at, sql, write_config
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 RETENTION = """
 [retention]
@@ -117,10 +119,8 @@ async def test_yes_purges_the_referral_with_its_running_record(
     )
     # The append-only guard is back, what is left still verifies, and the purged
     # ciphertext is gone from the files too.
-    db = sqlite3.connect(db_path)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        db.execute("DELETE FROM record_entries")
-    db.close()
+    with pytest.raises(Exception, match="append-only"):
+        sql(db_path, "DELETE FROM record_entries")
     assert await cli("verify", "-c", aged) == 0
     for data in file_bytes(tmp_path / "data").values():
         for form in gone_forms:

@@ -14,6 +14,7 @@ from handlers.ports import OutgoingMessage
 from schemas.messages import InboxItem
 from storage.engine import Store, WrongDatabaseKey
 from storage.keyring import Keyring
+from tests.engines import dump, location
 from tests.forms import referral
 from tests.keys import KEYRING
 from tests.unit.rig import (
@@ -36,6 +37,9 @@ ENCRYPTED_COLUMNS = (
     ("outbox", "content"),
     ("inbox", "payload"),
 )
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 @dataclass
@@ -105,7 +109,7 @@ async def test_rotation_reencrypts_everything_and_loses_nothing(
     assert "point storage.database_key at the new key" in out
 
     with pytest.raises(WrongDatabaseKey):
-        await Store.open(db_path, KEYRING)
+        await Store.open(location(db_path), KEYRING)
     async with opened(db_path, NEW) as store:
         assert await seen(store) == before
     assert before.pending == "!refer later" and [m.body for m in before.unsent] == ["queued reply"]
@@ -117,6 +121,8 @@ async def test_rotation_reencrypts_everything_and_loses_nothing(
     for path, data in file_bytes(tmp_path / "data").items():
         for old in old_ciphertexts:
             assert old not in data, f"old ciphertext left in {path.name}"
+    stored = dump(db_path)
+    assert not any(old.decode("latin-1") in stored for old in old_ciphertexts[1::2])
     # With the config pointing at the new key, every chain verifies.
     (tmp_path / "secrets" / "database-key").write_text(NEW_KEY)
     assert await cli("verify", "-c", filled) == 0

@@ -10,10 +10,15 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from handlers.ports import OutgoingMessage
 from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.rig import DM, NURSE, START, TEAM, Rig, rig_at, sql
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 REF = re.compile(r"REF-\d{4}-\d{6}")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,9 +12,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tests.engines import sql
 from tests.forms import referral
 from tests.keys import TEST_KEY
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, WORKER2, Harness
+
+# Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
+pytestmark = pytest.mark.usefixtures("engine")
 
 
 @pytest_asyncio.fixture
@@ -33,26 +36,19 @@ async def refer(h: Harness, sender: str = NURSE, **fields: str | None) -> tuple[
 
 
 def kinds(h: Harness, ref: str) -> list[str]:
-    db = sqlite3.connect(h.store.path)
-    try:
-        return [
-            k
-            for (k,) in db.execute(
-                "SELECT kind FROM record_entries JOIN referrals r ON r.id = referral_id"
-                " WHERE r.ref = ? ORDER BY record_entries.id",
-                (ref,),
-            )
-        ]
-    finally:
-        db.close()
+    return [
+        str(k)
+        for (k,) in sql(
+            h.store.where,
+            "SELECT kind FROM record_entries JOIN referrals r ON r.id = referral_id"
+            " WHERE r.ref = ? ORDER BY record_entries.id",
+            ref,
+        )
+    ]
 
 
 def column(h: Harness, ref: str, name: str) -> object:
-    db = sqlite3.connect(h.store.path)
-    try:
-        return db.execute(f"SELECT {name} FROM referrals WHERE ref = ?", (ref,)).fetchone()[0]  # noqa: S608
-    finally:
-        db.close()
+    return sql(h.store.where, f"SELECT {name} FROM referrals WHERE ref = ?", ref)[0][0]  # noqa: S608
 
 
 async def test_only_the_team_may_act_and_a_refusal_changes_nothing(h: Harness) -> None:
@@ -313,7 +309,9 @@ async def test_chronology_in_chat_and_export_to_files(h: Harness, tmp_path: Path
     text = h.reply(e)
     assert text.startswith(f"# {ref}: CHILD PROTECTION REFERRAL") and "Checked with the GP" in text
 
-    data_dir = h.store.path.parent
+    where = h.store.where
+    data_dir = where.parent if isinstance(where, Path) else tmp_path / "data"
+    database = "" if isinstance(where, Path) else f'database = "{where.dsn}"'
     (tmp_path / "key").write_text(TEST_KEY)
     config_path = tmp_path / "c.toml"
     config_path.write_text(
@@ -327,6 +325,7 @@ password = {{ file = "key" }}
 data_dir = "{data_dir}"
 store_key = {{ file = "key" }}
 database_key = {{ file = "key" }}
+{database}
 [access]
 allowed_homeservers = ["example.org"]
 [rooms]
