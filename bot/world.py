@@ -83,10 +83,13 @@ class World:
         http_listen: str | None = None,
         log_format: str | None = None,
         advice_team: list[str] | None = None,
+        database: str | None = None,
     ) -> None:
-        """Turn on the operations endpoint and/or JSON logs, or replace the advice-team
-        members, in the config file."""
+        """Turn on the operations endpoint and/or JSON logs, replace the advice-team
+        members, or put the bot's tables in a PostgreSQL `database`, in the config file."""
         text = self.config_path.read_text(encoding="utf-8")
+        if database is not None:
+            text = text.replace("[storage]\n", f'[storage]\ndatabase = "{database}"\n', 1)
         if advice_team is not None:
             members = ", ".join(f'"{m}"' for m in advice_team)
             text = re.sub(

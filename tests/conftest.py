@@ -13,6 +13,7 @@ import pytest_asyncio
 from bot.devpostgres import DevPostgres
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
+from storage.engine import Postgres
 from tests import engines
 
 _names = itertools.count(1)
@@ -60,10 +61,18 @@ async def synapse(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Dev
 
 
 @pytest_asyncio.fixture(loop_scope="session")
-async def world(synapse: DevSynapse, tmp_path: Path) -> AsyncIterator[World]:
-    """A fresh bot account, config, advice-team worker and team room for one test."""
+async def world(
+    synapse: DevSynapse, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[World]:
+    """A fresh bot account, config, advice-team worker and team room for one test; on
+    PostgreSQL when the test also takes the `engine` fixture and runs on PostgreSQL."""
+    if "engine" in request.fixturenames:
+        request.getfixturevalue("engine")
     n = next(_names)
     w = await make_world(synapse, tmp_path, bot_name=f"b{n:03d}-bot", worker_name=f"worker{n}")
+    where = engines.location(tmp_path / "data" / "referrals.db")
+    if isinstance(where, Postgres):
+        w.configure(database=where.dsn)
     try:
         yield w
     finally:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from bot.app import BotApp
 from bot.chat_user import ChatUser
+from bot.maintenance import database_location
 from bot.world import World
+from tests.engines import sql
 
 
 @asynccontextmanager
@@ -25,13 +26,9 @@ async def running(world: World) -> AsyncIterator[BotApp]:
         await app.shutdown()
 
 
-def db_rows(world: World, sql: str, *args: object) -> list[tuple[object, ...]]:
-    """Rows as stored: what an auditor with the database file would see."""
-    db = sqlite3.connect(world.config.storage.data_dir / "referrals.db")
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+def db_rows(world: World, query: str, *args: object) -> list[tuple[object, ...]]:
+    """Rows as stored: what an auditor with the database (file) would see."""
+    return sql(database_location(world.config), query, *args)
 
 
 async def open_dm(world: World, name: str) -> tuple[ChatUser, str]:

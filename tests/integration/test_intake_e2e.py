@@ -21,7 +21,9 @@ def bot_replies(user: ChatUser, world: World, event_id: str) -> list[str]:
     ]
 
 
-async def test_referral_is_acknowledged_encrypted_with_its_classification(world: World) -> None:
+async def test_referral_is_acknowledged_encrypted_with_its_classification(
+    engine: str, world: World
+) -> None:
     async with running(world):
         nurse, dm = await open_dm(world, f"nurse-{world.bot_user[1:5]}")
         event_id = await nurse.send(dm, referral())
