@@ -42,6 +42,7 @@ import aiohttp
 
 from bench.seed_db import fake_referral, seed
 from bot.chat_user import ChatUser
+from bot.devpostgres import DevPostgres
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 from storage.keyring import Keyring
@@ -429,6 +430,7 @@ class Options:
     out: Path | None = None
     keep: bool = False
     samples: bool = False
+    postgres: bool = False  # the bot's tables on a throwaway PostgreSQL (fsync on)
 
 
 def machine() -> dict[str, Any]:
@@ -496,6 +498,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         "phases": [],
     }
     bot: BotProcess | None = None
+    pg: DevPostgres | None = None
     tag = secrets.token_hex(3)
     echo = EchoProcess(hs, base, f"echo-bot-{tag}")
     world: World | None = None
@@ -506,6 +509,17 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         )
         port = _free_port()
         world.configure(http_listen=f"127.0.0.1:{port}")
+        results["engine"] = "sqlite"
+        if opts.postgres:
+            # Durable, as a real server would run (fsync on, synchronous_commit on), so the
+            # figures compare with SQLite's synchronous=FULL.
+            pg = DevPostgres.find(durable=True)
+            if pg is None:
+                raise SystemExit("--postgres: no PostgreSQL server binaries found")
+            await asyncio.to_thread(pg.start)
+            dsn = await asyncio.to_thread(pg.create_database, "referral_bot")
+            world.configure(database=dsn)
+            results["engine"] = "postgresql"
         # The advice-team worker's client is not part of the measurement: stop its syncing
         # so the load generator only does the practitioners' work.
         await world.worker.stop()
@@ -526,6 +540,8 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         await _warm_up(users, baseline)
 
         if opts.seed:
+            if opts.postgres:
+                raise SystemExit("--seed fills a SQLite database: not with --postgres")
             code = await bot.stop()
             db_path = world.config.storage.data_dir / "referrals.db"
             keyring = Keyring(world.config.storage.database_key.read())
@@ -621,6 +637,8 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
             await world.close()
         if own_hs:
             await hs.stop()
+        if pg is not None:
+            await asyncio.to_thread(pg.stop)
         if opts.keep:
             print(f"files kept in {base}", file=sys.stderr)
         else:
@@ -677,6 +695,11 @@ def main() -> None:
     parser.add_argument(
         "--samples", action="store_true", help="per-message event ID, send time and latency"
     )
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="the bot's tables on a throwaway local PostgreSQL (initdb/pg_ctl on PATH)",
+    )
     args = parser.parse_args()
     opts = Options(
         practitioners=args.practitioners,
@@ -691,6 +714,7 @@ def main() -> None:
         out=args.out,
         keep=args.keep,
         samples=args.samples,
+        postgres=args.postgres,
     )
     results = asyncio.run(run_benchmark(opts))
     text = json.dumps(results, indent=2)

@@ -158,3 +158,41 @@ def test_trust_mistakes_are_named(tmp_path: Path, change: tuple[str, str], expec
     with pytest.raises(ConfigError) as err:
         load_config(write(tmp_path, GOOD + STRICT.replace(*change)))
     assert expected in str(err.value)
+
+
+def test_a_postgresql_database_and_its_password_from_a_file(tmp_path: Path) -> None:
+    from bot.maintenance import database_location
+    from storage.engine import Postgres
+
+    (tmp_path / "db-password").write_text("s3cret\n")
+    text = GOOD.replace(
+        'database_key = { file = "key" }',
+        'database_key = { file = "key" }\n'
+        'database = "postgresql://referral-bot@db.example.org:5432/referrals"\n'
+        'database_password = { file = "db-password" }',
+    )
+    config = load_config(write(tmp_path, text))
+    where = database_location(config)
+    assert where == Postgres("postgresql://referral-bot@db.example.org:5432/referrals", "s3cret")
+    assert "s3cret" not in str(where)
+    # Without `database`: SQLite in data_dir, as before.
+    plain = load_config(write(tmp_path, GOOD))
+    assert database_location(plain) == tmp_path / "data" / "referrals.db"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        ('database = "postgresql://bot:hunter2@db/referrals"', "not in the URL"),
+        ('database = "postgresql://bot@db/referrals?password=hunter2"', "not in the URL"),
+        ('database = "mysql://bot@db/referrals"', "must be a PostgreSQL URL"),
+        ('database_password = { env = "DB_PASSWORD" }', "database (a PostgreSQL URL) is not"),
+    ],
+)
+def test_postgresql_mistakes_are_named(tmp_path: Path, lines: str, expected: str) -> None:
+    text = GOOD.replace(
+        'database_key = { file = "key" }', 'database_key = { file = "key" }\n' + lines
+    )
+    with pytest.raises(ConfigError, match="storage") as err:
+        load_config(write(tmp_path, text))
+    assert expected in str(err.value)
