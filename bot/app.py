@@ -205,10 +205,19 @@ class BotApp:
             await self.shutdown()
             raise
         assert self._sync_task is not None
+        assert self.store is not None
         stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({stopper, self._sync_task}, return_when=asyncio.FIRST_COMPLETED)
+        # A PostgreSQL session that ends under the bot takes its locks with it: stop (the
+        # supervisor restarts the bot, which takes the database again) rather than go on.
+        lost = asyncio.create_task(self.store.lost.wait())
+        await asyncio.wait(
+            {stopper, lost, self._sync_task}, return_when=asyncio.FIRST_COMPLETED
+        )
         stopper.cancel()
+        lost.cancel()
         failed = self._sync_task.done() and not self._sync_task.cancelled()
         await self.shutdown()
+        if self.store.lost.is_set():
+            raise RuntimeError("the database session was lost; see the log above")
         if failed and self._sync_task.exception() is not None:
             raise RuntimeError("the sync loop failed; see the log above")

@@ -91,6 +91,11 @@ class Store:
         self._lock_fd = lock_fd
         self.clock = utc_now
         self._reader: Connection | None = None
+        # Set when the database session ends without our asking (PostgreSQL: the server
+        # restarted, the backend was terminated, the network went): its locks are gone
+        # with it, so the bot must stop rather than write on (see `_fence`).
+        self.lost = asyncio.Event()
+        self._closing = False
         self._read_lock = asyncio.Lock()
         # Called after every write transaction that committed new work for the workers
         # (set once by the pipeline): nobody hands rooms on by hand. Read-only views and
@@ -146,6 +151,7 @@ class Store:
     async def _open_postgres(cls, where: Postgres, keyring: Keyring, *, exclusive: bool) -> Store:
         conn = await _pg_connect(where)
         store = cls(PostgresConnection(conn), where, keyring, None)
+        conn.add_termination_listener(lambda _conn: store._session_ended())
         try:
             if exclusive:
                 got = await conn.fetchval(
@@ -213,7 +219,13 @@ class Store:
         async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
             await cur.fetchall()
 
+    def _session_ended(self) -> None:
+        if not self._closing:
+            log.error("the database session ended: stopping (its locks went with it)")
+            self.lost.set()
+
     async def close(self) -> None:
+        self._closing = True
         async with self._read_lock:
             if self._reader is not None:
                 await _close_quietly(self._reader)

@@ -290,3 +290,28 @@ async def test_frequent_queries_read_an_index_not_every_referral(
     plan = " ".join(str(row) for row in db.execute("EXPLAIN QUERY PLAN " + query, args))
     db.close()
     assert plan_says in plan
+
+
+async def test_a_lost_database_session_is_noticed(tmp_path: Path, engine: str) -> None:
+    """PostgreSQL: the backend terminated under the bot (a restart, a DBA, the network)
+    sets `Store.lost`, which stops the bot; closing the store ourselves does not."""
+    if not on_postgres():
+        pytest.skip("a SQLite file has no session to lose")
+    import asyncio
+
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
+    assert not store.lost.is_set()
+    sql(
+        tmp_path / "r.db",
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE application_name = '' AND pid != pg_backend_pid()"
+        " AND query NOT LIKE '%pg_terminate_backend%' AND backend_type = 'client backend'"
+        " AND datname = current_database() AND pid IN (SELECT pid FROM pg_locks"
+        " WHERE locktype = 'advisory')",
+    )
+    await asyncio.wait_for(store.lost.wait(), 10)
+    await store.close()
+
+    again = await Store.open(location(tmp_path / "r.db"), KEYRING)  # the lock went too
+    await again.close()
+    assert not again.lost.is_set()
