@@ -182,6 +182,18 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return _maintenance(args, lambda config: purge(config, confirmed=args.yes))
 
 
+def cmd_backup(args: argparse.Namespace) -> int:
+    from bot.backup import backup
+
+    return _maintenance(args, lambda config: backup(config, args.out))
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from bot.backup import restore
+
+    return _maintenance(args, lambda config: restore(config, args.input, force=args.force))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bot.demo import run_demo
 
@@ -229,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--dry-run", action="store_true", help="only list what would go (default)")
     how.add_argument("--yes", action="store_true", help="really purge")
     p.set_defaults(func=cmd_purge)
+    p = sub.add_parser(
+        "backup",
+        help="copy the database(s), E2EE store and credentials to a new folder (bot may run)",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("-o", "--out", type=Path, required=True, help="a new, empty folder")
+    p.set_defaults(func=cmd_backup)
+    p = sub.add_parser(
+        "restore",
+        help="put a backup back (bot stopped); refuses to overwrite newer records without --force",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("-i", "--input", type=Path, required=True, help="the backup folder")
+    p.add_argument("--force", action="store_true", help="restore over newer records")
+    p.set_defaults(func=cmd_restore)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

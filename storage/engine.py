@@ -416,6 +416,16 @@ def _private_file(path: Path) -> None:
     os.chmod(path, 0o600)
 
 
+def take_file_lock(path: Path) -> int:
+    """The lock a bot holds on a SQLite database (`DatabaseInUse` if held): for commands
+    that replace the files (restore)."""
+    return _take_lock(path)
+
+
+def release_file_lock(fd: int) -> None:
+    _release_lock(fd)
+
+
 def _take_lock(path: Path) -> int:
     lock_path = path.with_name(path.name + ".lock")
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)

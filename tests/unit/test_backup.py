@@ -1,0 +1,116 @@
+"""Backup and the restore drill (SQLite): back up while the bot runs, take more referrals,
+lose the data directory, restore, start: every referral in the backup is intact and
+verifies; a restore over newer records is refused unless forced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.forms import referral
+from tests.unit.rig import cli, rig_at, sql, write_config
+
+NIO_STORE = "e2ee/@bot:example.org_BOTDEVICE.db"
+
+
+def fake_nio_state(data_dir: Path) -> None:
+    """What matrix-nio and the session keep beside the database (contents made up)."""
+    (data_dir / "e2ee").mkdir(mode=0o700, exist_ok=True)
+    db = sqlite3.connect(data_dir / NIO_STORE)
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("CREATE TABLE accounts (pickle TEXT)")
+    db.execute("INSERT INTO accounts VALUES ('olm-pickle-1')")
+    db.commit()
+    db.close()
+    (data_dir / "credentials.json").write_text('{"device_id": "BOTDEVICE"}')
+    (data_dir / "cross_signing.json").write_text('{"sealed": "keys"}')
+
+
+def refs(db_path: Path) -> list[str]:
+    return [str(r[0]) for r in sql(db_path, "SELECT ref FROM referrals ORDER BY id")]
+
+
+async def test_the_restore_drill(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = write_config(tmp_path)
+    data_dir = tmp_path / "data"
+    db_path = data_dir / "referrals.db"
+    backup_dir = tmp_path / "backup-1"
+    async with rig_at(db_path) as rig:
+        await rig.send(referral(Child_name="Before One"))
+        await rig.send(referral(Child_name="Before Two"))
+        fake_nio_state(data_dir)
+        # Online: the bot is running (holds the database) while the backup is taken.
+        assert await cli("backup", "-c", config, "-o", backup_dir) == 0
+        before = refs(db_path)
+        await rig.send(referral(Child_name="After Backup"))
+    assert "Backed up 4 file(s)" in capsys.readouterr().out
+    manifest = json.loads((backup_dir / "manifest.json").read_text())
+    assert set(manifest["files"]) == {
+        "referrals.db",
+        NIO_STORE,
+        "credentials.json",
+        "cross_signing.json",
+    }
+    assert manifest["marks"]["referrals"] == 2
+    assert all(p.stat().st_mode & 0o077 == 0 for p in backup_dir.rglob("*"))
+    # No key in the backup.
+    secrets = [(tmp_path / "secrets" / n).read_bytes() for n in ("database-key", "store-key")]
+    for p in backup_dir.rglob("*"):
+        if p.is_file():
+            assert not any(s in p.read_bytes() for s in secrets)
+
+    # The database now holds a referral the backup does not: refused without --force.
+    assert await cli("restore", "-c", config, "-i", backup_dir) == 1
+    assert "NOT restored: the current database holds newer records" in capsys.readouterr().err
+    assert len(refs(db_path)) == 3
+
+    # While a bot runs, restore is refused whatever the flags.
+    async with rig_at(db_path):
+        assert await cli("restore", "-c", config, "-i", backup_dir, "--force") == 2
+    assert "in use by another referral-bot process" in capsys.readouterr().err
+
+    # The disk is lost; the backup comes back; the bot starts on it.
+    shutil.rmtree(data_dir)
+    assert await cli("restore", "-c", config, "-i", backup_dir) == 0
+    out = capsys.readouterr().out
+    assert "Restored 4 file(s)" in out and "2 referral(s)" in out and "every chain intact" in out
+    assert refs(db_path) == before
+    assert (data_dir / "credentials.json").read_text() == '{"device_id": "BOTDEVICE"}'
+    nio = sqlite3.connect(data_dir / NIO_STORE)
+    assert nio.execute("SELECT pickle FROM accounts").fetchall() == [("olm-pickle-1",)]
+    nio.close()
+    assert await cli("verify", "-c", config) == 0
+    async with rig_at(db_path) as rig:
+        async with rig.store.transaction() as tx:
+            first = await tx.referral_by_ref(before[0])
+            assert first is not None and first.form["child"]["full_name"] == "Before One"
+            assert await tx.next_year_seq(2026) == 3  # numbering goes on from the backup
+        await rig.send(referral(Child_name="After Restore"))
+    assert len(refs(db_path)) == 3
+
+
+async def test_a_damaged_or_unfinished_backup_is_not_restored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    db_path = tmp_path / "data" / "referrals.db"
+    async with rig_at(db_path) as rig:
+        await rig.send(referral())
+    backup_dir = tmp_path / "b"
+    assert await cli("backup", "-c", config, "-o", backup_dir) == 0
+    assert await cli("backup", "-c", config, "-o", backup_dir) == 2  # not into a used folder
+    copy = backup_dir / "data" / "referrals.db"
+    data = bytearray(copy.read_bytes())
+    data[-100] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    shutil.rmtree(tmp_path / "data")
+    assert await cli("restore", "-c", config, "-i", backup_dir) == 2
+    assert "damaged (checksum): nothing restored" in capsys.readouterr().err
+    assert not (tmp_path / "data" / "referrals.db").exists()
+    (backup_dir / "manifest.json").unlink()
+    assert await cli("restore", "-c", config, "-i", backup_dir) == 2
+    assert "not a (finished) backup" in capsys.readouterr().err
