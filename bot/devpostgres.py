@@ -154,6 +154,11 @@ class DevPostgres:
             statement,
         )
 
+    def tool(self, name: str, *args: str | Path) -> str:
+        """Run one of PostgreSQL's client tools (pg_dump, pg_restore …) as the server's
+        user, against this server."""
+        return self._check(self.bin_dir / name, "-h", self.socket_dir, "-U", SUPERUSER, *args)
+
     def create_database(self, name: str) -> str:
         self.sql(f'CREATE DATABASE "{name}"')
         return self.dsn(name)

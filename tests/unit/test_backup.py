@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.devpostgres import DevPostgres
+from tests import engines
 from tests.forms import referral
 from tests.unit.rig import cli, rig_at, sql, write_config
 
@@ -19,7 +21,7 @@ NIO_STORE = "e2ee/@bot:example.org_BOTDEVICE.db"
 
 def fake_nio_state(data_dir: Path) -> None:
     """What matrix-nio and the session keep beside the database (contents made up)."""
-    (data_dir / "e2ee").mkdir(mode=0o700, exist_ok=True)
+    (data_dir / "e2ee").mkdir(mode=0o700, parents=True, exist_ok=True)
     db = sqlite3.connect(data_dir / NIO_STORE)
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("CREATE TABLE accounts (pickle TEXT)")
@@ -114,3 +116,42 @@ async def test_a_damaged_or_unfinished_backup_is_not_restored(
     (backup_dir / "manifest.json").unlink()
     assert await cli("restore", "-c", config, "-i", backup_dir) == 2
     assert "not a (finished) backup" in capsys.readouterr().err
+
+
+async def test_the_restore_drill_on_postgresql(
+    tmp_path: Path, postgres_server: DevPostgres, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The documented path: `pg_dump` of the bot's tables beside `referral-bot backup` of
+    data_dir; the database is lost; `pg_restore`, `referral-bot restore`, start."""
+    engines.CURRENT = postgres_server
+    try:
+        config = write_config(tmp_path)
+        db_path = tmp_path / "data" / "referrals.db"
+        schema = engines.schema_for(db_path)
+        async with rig_at(db_path) as rig:
+            await rig.send(referral(Child_name="Before One"))
+            await rig.send(referral(Child_name="Before Two"))
+            fake_nio_state(tmp_path / "data")
+            dump = postgres_server.socket_dir / f"{schema}.dump"
+            postgres_server.tool("pg_dump", "-d", engines.DATABASE, "-n", schema, "-Fc", "-f", dump)
+            assert await cli("backup", "-c", config, "-o", tmp_path / "b") == 0
+            before = refs(db_path)
+            await rig.send(referral(Child_name="After Backup"))
+        assert json.loads((tmp_path / "b" / "manifest.json").read_text())["engine"] == "postgresql"
+        assert "pg_dump" in capsys.readouterr().out
+
+        # Newer records in the database: refused.
+        assert await cli("restore", "-c", config, "-i", tmp_path / "b") == 1
+        # The database and the data directory are lost; both come back.
+        postgres_server.sql(f"DROP SCHEMA {schema} CASCADE", engines.DATABASE)
+        shutil.rmtree(tmp_path / "data")
+        postgres_server.tool("pg_restore", "-d", engines.DATABASE, dump)
+        assert await cli("restore", "-c", config, "-i", tmp_path / "b") == 0
+        assert refs(db_path) == before
+        assert (tmp_path / "data" / "credentials.json").exists()
+        assert await cli("verify", "-c", config) == 0
+        async with rig_at(db_path) as rig:
+            await rig.send(referral(Child_name="After Restore"))
+        assert len(refs(db_path)) == 3
+    finally:
+        engines.CURRENT = None
