@@ -315,3 +315,54 @@ async def test_a_lost_database_session_is_noticed(tmp_path: Path, engine: str) -
     again = await Store.open(location(tmp_path / "r.db"), KEYRING)  # the lock went too
     await again.close()
     assert not again.lost.is_set()
+
+
+async def test_both_engines_have_the_same_tables_columns_and_indexes(
+    tmp_path: Path, postgres_server: object
+) -> None:
+    """The PostgreSQL twin of every step builds the same schema as the SQLite step: a
+    column or index forgotten in storage/migrations_pg.py fails here."""
+    from tests import engines
+
+    store = await Store.open(tmp_path / "lite.db", KEYRING)
+    await store.close()
+    sqlite_tables = {
+        str(t): {str(c[1]) for c in sql(tmp_path / "lite.db", f"PRAGMA table_info({t})")}
+        for (t,) in sql(
+            tmp_path / "lite.db",
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+        )
+    }
+    sqlite_indexes = {
+        str(n)
+        for (n,) in sql(
+            tmp_path / "lite.db",
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL",
+        )
+    }
+    engines.CURRENT = postgres_server  # type: ignore[assignment]
+    try:
+        store = await Store.open(location(tmp_path / "pg.db"), KEYRING)
+        await store.close()
+        columns = sql(
+            tmp_path / "pg.db",
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema()",
+        )
+        pg_indexes = {
+            str(n)
+            for (n,) in sql(
+                tmp_path / "pg.db",
+                "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+                " AND indexname NOT LIKE '%_pkey' AND indexname NOT LIKE '%_key'",
+            )
+        }
+    finally:
+        engines.CURRENT = None
+    pg_tables: dict[str, set[str]] = {}
+    for table, column in columns:
+        pg_tables.setdefault(str(table), set()).add(str(column))
+    pg_tables.pop("schema_version")  # PostgreSQL's PRAGMA user_version
+    pg_tables["meeting_participants"].discard("rowid")  # SQLite's implicit rowid
+    assert pg_tables == sqlite_tables
+    assert pg_indexes == sqlite_indexes
