@@ -14,6 +14,10 @@ the same transactions, through the same store calls, as the running bot:
 
 Run it on an empty database and on a copy of a seeded one (`bench.seed_db`) to see what
 the database's size costs. Every transaction waits for `synchronous=FULL`, as in the bot.
+
+    python -m bench.store_latency --postgres --key-file path/to/key --count 2000
+
+does the same on a throwaway local PostgreSQL (fsync and synchronous_commit on).
 """
 
 from __future__ import annotations
@@ -30,10 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.seed_db import fake_referral
+from bot.devpostgres import DevPostgres
 from handlers.commands import handle_message
 from handlers.settings import Settings
 from schemas.messages import InboxItem
-from storage.engine import Store
+from storage.engine import Location, Postgres, Store
 from storage.keyring import Keyring
 from storage.tx import Tx
 
@@ -140,7 +145,7 @@ def report(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-async def run(db: Path, key: str, count: int, rate: float) -> dict[str, dict[str, float]]:
+async def run(db: Location, key: str, count: int, rate: float) -> dict[str, dict[str, float]]:
     store = await Store.open(db, Keyring(key))
     try:
         times = await replay(store, count, rate=rate)
@@ -151,13 +156,28 @@ async def run(db: Path, key: str, count: int, rate: float) -> dict[str, dict[str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", type=Path, required=True)
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--db", type=Path, help="a SQLite database file")
+    where.add_argument(
+        "--postgres", action="store_true", help="a throwaway local PostgreSQL instead"
+    )
     parser.add_argument("--key-file", type=Path, required=True)
     parser.add_argument("--count", type=int, default=2000)
     parser.add_argument("--rate", type=float, default=0.0, help="referrals per second; 0: flat out")
     args = parser.parse_args()
     key = args.key_file.read_text(encoding="utf-8").strip()
-    result = asyncio.run(run(args.db, key, args.count, args.rate))
+    pg = DevPostgres.find(durable=True) if args.postgres else None
+    if args.postgres and pg is None:
+        raise SystemExit("--postgres: no PostgreSQL server binaries found")
+    try:
+        db: Location = args.db
+        if pg is not None:
+            pg.start()
+            db = Postgres(pg.create_database("referral_bot"))
+        result = asyncio.run(run(db, key, args.count, args.rate))
+    finally:
+        if pg is not None:
+            pg.stop()
     print(f"{'step':8} {'p50':>8} {'p95':>8} {'p99':>8} {'max':>8}  (ms)")
     for step, figures in result.items():
         print(f"{step:8} " + " ".join(f"{figures[k]:8.2f}" for k in ("p50", "p95", "p99", "max")))
