@@ -24,7 +24,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ class Postgres:
     kept apart from it (from a secret file or the environment)."""
 
     dsn: str
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log or traceback
 
     def __str__(self) -> str:
         return _without_password(self.dsn)

@@ -174,7 +174,7 @@ def test_a_postgresql_database_and_its_password_from_a_file(tmp_path: Path) -> N
     config = load_config(write(tmp_path, text))
     where = database_location(config)
     assert where == Postgres("postgresql://referral-bot@db.example.org:5432/referrals", "s3cret")
-    assert "s3cret" not in str(where)
+    assert "s3cret" not in str(where) and "s3cret" not in repr(where)
     # Without `database`: SQLite in data_dir, as before.
     plain = load_config(write(tmp_path, GOOD))
     assert database_location(plain) == tmp_path / "data" / "referrals.db"
