@@ -366,3 +366,21 @@ async def test_both_engines_have_the_same_tables_columns_and_indexes(
     pg_tables["meeting_participants"].discard("rowid")  # SQLite's implicit rowid
     assert pg_tables == sqlite_tables
     assert pg_indexes == sqlite_indexes
+
+
+async def test_every_generated_key_is_returned_on_postgresql(tmp_path: Path) -> None:
+    """An INSERT's `lastrowid` on PostgreSQL comes from `RETURNING key`, for the tables in
+    storage.sql.GENERATED_KEYS: a new table with an INTEGER PRIMARY KEY must be listed."""
+    from storage.sql import GENERATED_KEYS
+
+    store = await Store.open(tmp_path / "r.db", KEYRING)
+    await store.close()
+    generated = {}
+    for (table,) in sql(
+        tmp_path / "r.db",
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
+    ):
+        keys = [c for c in sql(tmp_path / "r.db", f"PRAGMA table_info({table})") if c[5]]
+        if len(keys) == 1 and str(keys[0][2]).upper() == "INTEGER":
+            generated[str(table)] = str(keys[0][1])
+    assert generated == GENERATED_KEYS
