@@ -149,6 +149,8 @@ class Referral:
     agency: str | None = None
     last_reminder_at: datetime | None = None
     reminder_count: int = 0
+    # Where updates go: the thread of the acknowledgement, or None for replies to event_id.
+    thread_root: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -258,6 +260,7 @@ class OpsCounts:
     decisions_overdue: int
     undecrypted: int
     outbox_depth: int
+    outbox_failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,19 @@ class OutboxRow:
     attempts: int
     # Set when the row goes out in one message with others (Tx.set_batch).
     batch: str | None = None
+
+
+@dataclass(frozen=True)
+class FailedSend:
+    """An outbox message given up (Tx.mark_send_failed): IDs and the error, no content."""
+
+    id: int
+    room_id: str
+    purpose: str
+    ref: str | None
+    error: str
+    failed_at: datetime
+    attempts: int
 
 
 def _dt(value: str | None) -> datetime | None:
@@ -320,6 +336,7 @@ def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
         agency=row["agency"],
         last_reminder_at=_dt(row["last_reminder_at"]),
         reminder_count=row["reminder_count"],
+        thread_root=row["thread_root"],
     )
 
 
@@ -423,6 +440,8 @@ class Tx:
             edit_of=payload.get("edit_of"),
             command=bool(payload.get("command", False)),
             redacts=payload.get("redacts"),
+            thread_root=payload.get("thread_root"),
+            related=bool(payload.get("related", False)),
         )
 
     async def rooms_with_pending(self) -> list[str]:
@@ -494,13 +513,16 @@ class Tx:
         channel: str = "matrix",
         written_followup_due: datetime | None = None,
         agency: str | None = None,
+        thread_root: str | None = None,
     ) -> int:
-        """Insert a referral; its child_key is computed here from the form."""
+        """Insert a referral; its child_key is computed here from the form.
+
+        `thread_root`: the thread its acknowledgement and updates go to (None: none)."""
         cur = await self._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
             " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
-            " form, rag, channel, written_followup_due, child_key, agency)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+            " form, rag, channel, written_followup_due, child_key, agency, thread_root)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ref,
                 year,
@@ -520,6 +542,7 @@ class Tx:
                 None if written_followup_due is None else _iso(written_followup_due),
                 child_key_of(self._keyring, form),
                 agency,
+                thread_root,
             ),
         )
         assert cur.lastrowid is not None
@@ -993,19 +1016,85 @@ class Tx:
         ) as cur:
             return [r[0] for r in await cur.fetchall()]
 
-    async def mark_sent(self, row: OutboxRow, event_id: str) -> None:
+    async def mark_sent(self, row: OutboxRow, event_id: str, *, shape: str | None = None) -> None:
+        """`shape`: the fallback shape it went out in, if not as stored (bot/pipeline.py)."""
         await self._db.execute(
             "UPDATE outbox SET sent_at = ?, sent_event_id = ?, attempts = attempts + 1,"
             " last_error = NULL WHERE id = ?",
             (_iso(self.now), event_id, row.id),
         )
         if row.referral_id is not None:
+            detail = {"event_id": event_id, "room_id": row.message.room_id}
+            if shape is not None:
+                detail["shape"] = shape
+            await self.append_record(row.referral_id, SYSTEM_ACTOR, f"{row.purpose}_sent", detail)
+
+    async def set_thread_root(self, referral_id: int, thread_root: str | None) -> None:
+        """Send the referral's later updates to this thread (None: as replies)."""
+        await self._db.execute(
+            "UPDATE referrals SET thread_root = ? WHERE id = ?", (thread_root, referral_id)
+        )
+
+    async def mark_send_failed(self, row: OutboxRow, code: str) -> None:
+        """Give up on a message the homeserver refuses for good: it leaves the queue (so
+        the room's later messages go on), keeps `code` (HTTP status and errcode, no
+        content), and the referral's running record notes it."""
+        await self._db.execute(
+            "UPDATE outbox SET sent_at = ?, failed_at = ?, attempts = attempts + 1,"
+            " last_error = ? WHERE id = ?",
+            (_iso(self.now), _iso(self.now), code[:200], row.id),
+        )
+        if row.referral_id is not None:
             await self.append_record(
                 row.referral_id,
                 SYSTEM_ACTOR,
-                f"{row.purpose}_sent",
-                {"event_id": event_id, "room_id": row.message.room_id},
+                f"{row.purpose}_send_failed",
+                {"error": code, "outbox": row.id, "room_id": row.message.room_id},
             )
+
+    async def failed_sends(self) -> list[FailedSend]:
+        """Messages given up after the homeserver refused them, newest first."""
+        async with self._db.execute(
+            "SELECT o.id, o.room_id, o.purpose, r.ref, o.last_error, o.failed_at, o.attempts"
+            " FROM outbox o LEFT JOIN referrals r ON r.id = o.referral_id"
+            " WHERE o.failed_at IS NOT NULL ORDER BY o.id DESC"
+        ) as cur:
+            rows = await cur.fetchall()
+        return [
+            FailedSend(
+                id=r["id"],
+                room_id=r["room_id"],
+                purpose=r["purpose"],
+                ref=r["ref"],
+                error=r["last_error"] or "",
+                failed_at=datetime.fromisoformat(r["failed_at"]),
+                attempts=r["attempts"],
+            )
+            for r in rows
+        ]
+
+    async def requeue_failed(self, outbox_id: int) -> FailedSend | None:
+        """Put a failed message back in its room's queue (None if there is no such failed
+        message). The running record notes it."""
+        failed = next((f for f in await self.failed_sends() if f.id == outbox_id), None)
+        if failed is None:
+            return None
+        await self._db.execute(
+            "UPDATE outbox SET sent_at = NULL, failed_at = NULL, attempts = 0 WHERE id = ?",
+            (outbox_id,),
+        )
+        async with self._db.execute(
+            "SELECT referral_id FROM outbox WHERE id = ?", (outbox_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is not None and row[0] is not None:
+            await self.append_record(
+                int(row[0]),
+                SYSTEM_ACTOR,
+                f"{failed.purpose}_send_requeued",
+                {"outbox": outbox_id, "previous_error": failed.error},
+            )
+        return failed
 
     async def mark_refused(self, row: OutboxRow, reason: str) -> None:
         """Give up on a message that must not be sent; the running record says so."""
@@ -1054,11 +1143,16 @@ class Tx:
             "SELECT COUNT(*) FROM inbox WHERE state = 'undecrypted'"
         ) as cur:
             undecrypted = await cur.fetchone()
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE failed_at IS NOT NULL"
+        ) as cur:
+            failed = await cur.fetchone()
         return OpsCounts(
             referrals=referrals,
             decisions_overdue=int(overdue[0]) if overdue else 0,
             undecrypted=int(undecrypted[0]) if undecrypted else 0,
             outbox_depth=await self.outbox_depth(),
+            outbox_failed=int(failed[0]) if failed else 0,
         )
 
     # -- maintenance: verify, rotate-key, purge (bot/maintenance.py) -------------------
