@@ -41,9 +41,7 @@ def relation_of(content: dict[str, Any]) -> dict[str, Any]:
     keys: `thread_root` (the thread it was sent in) and `related` (it has any relation:
     a thread, a reply, a reference, an annotation). Empty for a plain message."""
     relates = content.get("m.relates_to")
-    if not isinstance(relates, dict) or not (
-        "rel_type" in relates or "m.in_reply_to" in relates
-    ):
+    if not isinstance(relates, dict) or not ("rel_type" in relates or "m.in_reply_to" in relates):
         return {}
     root = relates.get("event_id")
     if relates.get("rel_type") == "m.thread" and isinstance(root, str) and root:

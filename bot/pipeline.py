@@ -72,6 +72,8 @@ class Pipeline:
         self.sent = 0
         # Messages given up because the homeserver refused them for good (for /metrics).
         self.send_failures = 0
+        # First wait after a lasting refusal (doubling for each further attempt).
+        self.rejected_delay_s = REJECTED_FIRST_DELAY_S
         # Called with the acknowledgement latency in seconds (for /metrics).
         self.on_ack_sent: Callable[[float], None] | None = None
         self._acks_done = asyncio.Condition()
@@ -324,6 +326,7 @@ class Pipeline:
         shapes = fallback_shapes(message, txn_id)
         shape = 0
         rejections = 0
+        rejected_delay = self.rejected_delay_s
         while True:
             name, attempt, attempt_txn = shapes[shape]
             try:
@@ -359,10 +362,10 @@ class Pipeline:
                     for row in rows:
                         await tx.mark_failed(row, exc.code)
                 if rejections < MAX_REJECTIONS:
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF_S)
+                    await asyncio.sleep(rejected_delay)
+                    rejected_delay = min(rejected_delay * 2, MAX_BACKOFF_S)
                 elif shape + 1 < len(shapes):
-                    shape, rejections, delay = shape + 1, 0, REJECTED_FIRST_DELAY_S
+                    shape, rejections, rejected_delay = shape + 1, 0, self.rejected_delay_s
                 else:
                     await self._give_up(rows, exc)
                     return
