@@ -182,6 +182,15 @@ def cmd_purge(args: argparse.Namespace) -> int:
     return _maintenance(args, lambda config: purge(config, confirmed=args.yes))
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from bot.maintenance import outbox_failed, outbox_retry
+
+    if args.retry is not None:
+        outbox_id: int = args.retry
+        return _maintenance(args, lambda config: outbox_retry(config, outbox_id))
+    return _maintenance(args, outbox_failed)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bot.demo import run_demo
 
@@ -229,6 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     how.add_argument("--dry-run", action="store_true", help="only list what would go (default)")
     how.add_argument("--yes", action="store_true", help="really purge")
     p.set_defaults(func=cmd_purge)
+    p = sub.add_parser(
+        "outbox",
+        help="list messages the homeserver refused for good (--failed) or resend one (--retry)",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--failed", action="store_true", help="list them (no message text)")
+    what.add_argument("--retry", type=int, metavar="ID", help="put message ID back in its queue")
+    p.set_defaults(func=cmd_outbox)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

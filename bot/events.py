@@ -36,6 +36,19 @@ def edited_event(content: dict[str, Any]) -> str | None:
     return target if isinstance(target, str) and target else ""
 
 
+def relation_of(content: dict[str, Any]) -> dict[str, Any]:
+    """What the event's own `m.relates_to` says about where to answer it, as inbox payload
+    keys: `thread_root` (the thread it was sent in) and `related` (it has any relation:
+    a thread, a reply, a reference, an annotation). Empty for a plain message."""
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict) or not ("rel_type" in relates or "m.in_reply_to" in relates):
+        return {}
+    root = relates.get("event_id")
+    if relates.get("rel_type") == "m.thread" and isinstance(root, str) and root:
+        return {"thread_root": root, "related": True}
+    return {"related": True}
+
+
 def safe_text(text: str) -> str:
     """Text that can be stored and encrypted: lone surrogates become U+FFFD."""
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -118,8 +131,8 @@ def to_inbox_item(
         if not body.lstrip().startswith("!"):
             return None
         # Never store what was sent in the clear: only that a command was attempted.
-        payload: dict[str, Any] = {"withheld": True}
+        payload: dict[str, Any] = {"withheld": True, **relation_of(content)}
     else:
         # `private`: only the bot and the sender are in the room (a direct message).
-        payload = {"body": body, "private": private}
+        payload = {"body": body, "private": private, **relation_of(content)}
     return _item(event, room_id, encrypted, "pending", payload)

@@ -3,7 +3,8 @@
 `/healthz` answers 200 only when the bot is logged in, has finished its first sync and
 can write to its database; otherwise 503 with the reason. `/metrics` is Prometheus text:
 referrals by type and state, decisions overdue, events waiting for a room key, outbox
-depth and the acknowledgement latency histogram. Neither carries personal data: only
+depth, messages given up (refused for good by the homeserver) and the acknowledgement
+latency histogram. Neither carries personal data: only
 counts and timings.
 """
 
@@ -66,6 +67,7 @@ class _Snapshot(Collector):
         self.ready = False
         self.handled = 0
         self.sent = 0
+        self.send_failures = 0
         self.syncs = 0
 
     def describe(self) -> list[Metric]:
@@ -78,6 +80,11 @@ class _Snapshot(Collector):
         )
         yield CounterMetricFamily(
             "referralbot_messages_sent", "Outbox messages delivered since start", self.sent
+        )
+        yield CounterMetricFamily(
+            "referralbot_sends_failed",
+            "Outbox messages given up since start: the homeserver refused them for good",
+            self.send_failures,
         )
         yield CounterMetricFamily("referralbot_syncs", "Completed sync batches", self.syncs)
         counts = self.counts
@@ -101,6 +108,11 @@ class _Snapshot(Collector):
         )
         yield GaugeMetricFamily(
             "referralbot_outbox_depth", "Messages stored but not yet sent", counts.outbox_depth
+        )
+        yield GaugeMetricFamily(
+            "referralbot_outbox_failed",
+            "Messages given up (refused for good) and not requeued: referral-bot outbox --failed",
+            counts.outbox_failed,
         )
 
 
@@ -170,6 +182,7 @@ class OpsServer:
         snap.ready = await self.health() is None
         if app.pipeline is not None:
             snap.handled, snap.sent = app.pipeline.handled, app.pipeline.sent
+            snap.send_failures = app.pipeline.send_failures
         if app.sync is not None:
             snap.syncs = app.sync.syncs
         if app.store is not None and not app.stopping:

@@ -218,3 +218,54 @@ async def purge(config: Config, *, confirmed: bool, now: datetime | None = None)
         await store.close()
     _describe_plan(plan, "Purged", out)
     return out
+
+
+# -- outbox: messages the homeserver refused for good ------------------------------------
+
+
+async def outbox_failed(config: Config) -> Outcome:
+    """List the messages given up (refused for good): IDs, purpose, reference, error,
+    time. Never the message text. Runs beside a running bot (reads a snapshot)."""
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.snapshot() as tx:
+            failed = await tx.failed_sends()
+    finally:
+        await store.close()
+    out = Outcome()
+    if not failed:
+        out.say("No failed messages.")
+        return out
+    out.say("id\tfailed at (UTC)\tpurpose\treference\terror\troom")
+    for f in failed:
+        out.say(
+            f"{f.id}\t{f.failed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')}\t{f.purpose}"
+            f"\t{f.ref or '-'}\t{f.error}\t{f.room_id}"
+        )
+    out.say(f"{len(failed)} failed message(s). Resend one with: referral-bot outbox --retry ID")
+    return out
+
+
+async def outbox_retry(config: Config, outbox_id: int) -> Outcome:
+    """Put a failed message back in its room's queue. Safe beside a running bot: the row
+    is out of the bot's queue until this commits, and the bot's deadline clock picks it up
+    within `deadlines.check_interval_seconds` (at once on its next start)."""
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.transaction() as tx:
+            failed = await tx.requeue_failed(outbox_id)
+    finally:
+        await store.close()
+    out = Outcome()
+    if failed is None:
+        out.code = 1
+        out.say(f"There is no failed message {outbox_id} (see referral-bot outbox --failed).")
+        return out
+    out.say(
+        f"Requeued message {failed.id} ({failed.purpose}, {failed.ref or 'no reference'}; "
+        f"it had failed with {failed.error}). A running bot sends it within "
+        f"{config.deadlines.check_interval_seconds} s; a stopped one when it starts."
+    )
+    return out

@@ -8,8 +8,11 @@ or strict: verified devices only) before every encrypted send, never by passing
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import logging
+import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +30,7 @@ from nio import (
 )
 
 from bot.device_trust import DeviceTrust
-from handlers.ports import OutgoingMessage, RoomSpec, SendRefused
+from handlers.ports import OutgoingMessage, RoomSpec, SendRefused, SendRejected
 
 ENCRYPTION = {
     "type": "m.room.encryption",
@@ -35,6 +38,8 @@ ENCRYPTION = {
     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
 }
 MODERATOR = 50
+# How many threads' latest events are remembered (a thread message's reply fallback).
+THREADS_REMEMBERED = 10_000
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +48,16 @@ class SendFailed(Exception):
     """A send that may work when retried."""
 
 
-def matrix_content(message: OutgoingMessage) -> dict[str, Any]:
+def matrix_content(message: OutgoingMessage, latest_in_thread: str | None = None) -> dict[str, Any]:
+    """The event content for `message`. `latest_in_thread`: the latest event known in its
+    thread, which a thread message that replies to nothing in particular points its reply
+    fallback at (as the spec asks), so that clients without threads show it in context."""
+    body, formatted = _with_pills(message.body, message.html, message.mentions)
     content: dict[str, Any] = {
         "msgtype": "m.notice",
-        "body": message.body,
+        "body": body,
         "format": "org.matrix.custom.html",
-        "formatted_body": message.html,
+        "formatted_body": formatted,
         # Intentional mentions: only the users named by the handler are pinged, never
         # anyone (or @room) that user text happens to name.
         "m.mentions": {"user_ids": list(message.mentions)} if message.mentions else {},
@@ -58,11 +67,52 @@ def matrix_content(message: OutgoingMessage) -> dict[str, Any]:
             "rel_type": "m.thread",
             "event_id": message.thread_root,
             "is_falling_back": message.reply_to is None,
-            "m.in_reply_to": {"event_id": message.reply_to or message.thread_root},
+            "m.in_reply_to": {
+                "event_id": message.reply_to or latest_in_thread or message.thread_root
+            },
         }
     elif message.reply_to is not None:
         content["m.relates_to"] = {"m.in_reply_to": {"event_id": message.reply_to}}
     return content
+
+
+def _with_pills(body: str, formatted: str, mentions: tuple[str, ...]) -> tuple[str, str]:
+    """Link every mentioned user in the HTML as a matrix.to pill, so clients show the
+    mention: where the text names them, in place; otherwise in a line added at the end
+    (to the plain body too). The HTML is the renderer's escaped text in plain tags
+    without attributes, so a user ID in it is always text, never part of markup."""
+    missing: list[str] = []
+    for user_id in mentions:
+        pattern = re.compile(re.escape(html.escape(user_id, quote=True)) + r"(?![\w.:=/-])")
+        link = pill(user_id)
+        formatted, found = pattern.subn(lambda _m: link, formatted)  # noqa: B023 - used at once
+        if not found:
+            missing.append(user_id)
+    if missing:
+        formatted += "<p>" + ", ".join(pill(u) for u in missing) + "</p>"
+        body += "\n" + ", ".join(missing)
+    return body, formatted
+
+
+def pill(user_id: str) -> str:
+    """A user mention as clients render it: a matrix.to link, escaped."""
+    href = "https://matrix.to/#/" + quote(user_id, safe="@:")
+    return f'<a href="{html.escape(href, quote=True)}">{html.escape(user_id, quote=True)}</a>'
+
+
+# 4xx answers that are not about the message: a bad or expired access token (every send
+# fails until the operator acts, and none of them may be given up for it), a timeout,
+# rate limiting.
+RETRIED_4XX = frozenset({401, 408, 429})
+
+
+def classify_refusal(status: int | None, errcode: str | None) -> SendRejected | None:
+    """A refusal that will not change on retry (a 4xx answer about the message, such as
+    400 M_UNKNOWN for a thread on an event with a relation, 403 M_FORBIDDEN, 413
+    M_TOO_LARGE), or None if the send may work later: no answer, a 5xx, 401, 408, 429."""
+    if status is None or status in RETRIED_4XX or not 400 <= status < 500:
+        return None
+    return SendRejected(errcode or "no-errcode", status)
 
 
 class MatrixMessenger:
@@ -72,11 +122,29 @@ class MatrixMessenger:
         self._client = client
         self._is_allowed = is_allowed_user
         self._trust = trust
+        # Thread root -> the latest event the bot knows in that thread (its own last
+        # message there, or the latest it was sent). In memory: after a restart a thread
+        # message falls back to the thread root until the thread sees a new event.
+        self._latest: OrderedDict[str, str] = OrderedDict()
+
+    def note_thread_event(self, thread_root: str, event_id: str) -> None:
+        self._latest[thread_root] = event_id
+        self._latest.move_to_end(thread_root)
+        while len(self._latest) > THREADS_REMEMBERED:
+            self._latest.popitem(last=False)
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
+        event_id = await self._send(message, txn_id)
+        if message.thread_root is not None:
+            self.note_thread_event(message.thread_root, event_id)
+        return event_id
+
+    async def _send(self, message: OutgoingMessage, txn_id: str) -> str:
         room = self._client.rooms.get(message.room_id)
         if room is None:
-            raise SendFailed("the bot is not (yet) in this room")
+            # nio keeps every room the bot was ever in (even after a kick) once the first
+            # sync has run, and nothing is sent before that (BotApp): never in it at all.
+            raise SendRejected("not-in-room")
         if message.sensitive and (message.plaintext or not room.encrypted):
             raise SendRefused("room is not end-to-end encrypted")
         if message.plaintext:
@@ -91,17 +159,25 @@ class MatrixMessenger:
                     room.room_id
                 ):
                     await self._client.share_group_session(room.room_id)
+        latest = self._latest.get(message.thread_root) if message.thread_root else None
         resp = await self._client.room_send(
             message.room_id,
             "m.room.message",
-            matrix_content(message),
+            matrix_content(message, latest),
             tx_id=txn_id,
             ignore_unverified_devices=False,
         )
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
         assert isinstance(resp, RoomSendError)
-        raise SendFailed(f"{resp.status_code}: {resp.message}")
+        # nio's `status_code` is the Matrix errcode; the HTTP status is on the transport
+        # response (None when there was no answer at all).
+        transport = getattr(resp, "transport_response", None)
+        status = getattr(transport, "status", None)
+        rejected = classify_refusal(status if isinstance(status, int) else None, resp.status_code)
+        if rejected is not None:
+            raise rejected
+        raise SendFailed(f"{status} {resp.status_code or 'no-errcode'}")
 
     async def create_room(self, spec: RoomSpec) -> str:
         """An encrypted, invite-only room, no guests, not in the directory. The bot keeps
@@ -204,6 +280,10 @@ class MatrixMessenger:
         )
         async with resp:
             data = await resp.json(content_type=None)
-            if resp.status != 200 or not isinstance(data, dict) or "event_id" not in data:
-                raise SendFailed(f"{resp.status}: plain-text send refused")
-            return str(data["event_id"])
+            if resp.status == 200 and isinstance(data, dict) and "event_id" in data:
+                return str(data["event_id"])
+            errcode = data.get("errcode") if isinstance(data, dict) else None
+            rejected = classify_refusal(resp.status, errcode if isinstance(errcode, str) else None)
+            if rejected is not None:
+                raise rejected
+            raise SendFailed(f"{resp.status} {errcode or 'no-errcode'}: plain-text send failed")

@@ -17,17 +17,20 @@ import contextlib
 import logging
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 
 from bot.room_workers import RoomWorkers
 from handlers.commands import handle_message
 from handlers.intake import combine_team_summaries
 from handlers.meetings import room_created, room_spec
+from handlers.notify import answer_place, send_failed
 from handlers.ports import (
     Incoming,
     Messenger,
     OutgoingMessage,
     Reloader,
     SendRefused,
+    SendRejected,
     txn_id_for,
 )
 from handlers.render import Doc
@@ -40,6 +43,10 @@ from storage.engine import Store
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 30.0
+# A send the homeserver refuses for good (SendRejected) is tried this many times in each
+# shape before the next shape, or giving up, so that it never blocks its room's queue.
+MAX_REJECTIONS = 3
+REJECTED_FIRST_DELAY_S = 0.5
 JOBS = "room-jobs"
 # A referral's other messages (the advice-team summary) wait for its acknowledgement to
 # be sent, so the two do not compete at the homeserver; never longer than this.
@@ -68,6 +75,10 @@ class Pipeline:
         store.on_commit = self._committed
         self.handled = 0
         self.sent = 0
+        # Messages given up because the homeserver refused them for good (for /metrics).
+        self.send_failures = 0
+        # First wait after a lasting refusal (doubling for each further attempt).
+        self.rejected_delay_s = REJECTED_FIRST_DELAY_S
         # Called with the acknowledgement latency in seconds (for /metrics).
         self.on_ack_sent: Callable[[float], None] | None = None
         self._acks_done = asyncio.Condition()
@@ -119,6 +130,8 @@ class Pipeline:
                     msg = await tx.next_pending(room_id)
                     if msg is None:
                         return
+                    if msg.thread_root is not None:
+                        self.messenger.note_thread_event(msg.thread_root, msg.event_id)
                     await handle_message(tx, msg, self.settings, reloader=self.reloader)
                     await tx.mark_handled(msg.seq)
             except Exception as exc:
@@ -145,9 +158,17 @@ class Pipeline:
             )
             .render()
         )
+        thread_root, reply_to = answer_place(msg)
         async with self.store.transaction() as tx:
             await tx.enqueue(
-                OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, sensitive=False),
+                OutgoingMessage(
+                    msg.room_id,
+                    body,
+                    html,
+                    reply_to=reply_to,
+                    thread_root=thread_root,
+                    sensitive=False,
+                ),
                 txn_id=txn_id_for(msg.event_id, "failed"),
                 purpose="failed",
             )
@@ -295,13 +316,25 @@ class Pipeline:
             self._acks_done.notify_all()
 
     async def _deliver(self, rows: list[OutboxRow], message: OutgoingMessage, txn_id: str) -> None:
-        """Send one message for `rows` (one row, or a batch of them) until it is sent or
-        refused; then mark every row, in one transaction."""
+        """Send one message for `rows` (one row, or a batch of them) until it is sent,
+        refused by the bot, or refused for good by the homeserver; then mark every row, in
+        one transaction.
+
+        Connection errors, 5xx and 429 are retried with back-off for as long as it takes.
+        A refusal that will not change (SendRejected) is tried MAX_REJECTIONS times, then
+        in the fallback shapes (a plain reply, then a message without any relation: the
+        referrer must still learn the REF), then given up (`_give_up`).
+        """
         first = rows[0]
         delay = 0.5
+        shapes = fallback_shapes(message, txn_id)
+        shape = 0
+        rejections = 0
+        rejected_delay = self.rejected_delay_s
         while True:
+            name, attempt, attempt_txn = shapes[shape]
             try:
-                event_id = await self.messenger.send(message, txn_id)
+                event_id = await self.messenger.send(attempt, attempt_txn)
             except SendRefused as exc:
                 log.error(
                     "message refused: outbox=%d rows=%d purpose=%s reason=%s",
@@ -316,6 +349,31 @@ class Pipeline:
                 if first.purpose == "ack":
                     await self._ack_left_outbox()
                 return
+            except SendRejected as exc:
+                rejections += 1
+                log.warning(
+                    "send refused by the homeserver: outbox=%d rows=%d purpose=%s shape=%s "
+                    "status=%s errcode=%s attempt=%d",
+                    first.id,
+                    len(rows),
+                    first.purpose,
+                    name,
+                    exc.status if exc.status is not None else "-",
+                    exc.errcode,
+                    rejections,
+                )
+                async with self.store.transaction() as tx:
+                    for row in rows:
+                        await tx.mark_failed(row, exc.code)
+                if rejections < MAX_REJECTIONS:
+                    await asyncio.sleep(rejected_delay)
+                    rejected_delay = min(rejected_delay * 2, MAX_BACKOFF_S)
+                elif shape + 1 < len(shapes):
+                    shape, rejections, rejected_delay = shape + 1, 0, self.rejected_delay_s
+                else:
+                    await self._give_up(rows, exc)
+                    return
+                continue
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -324,7 +382,7 @@ class Pipeline:
                     first.id,
                     len(rows),
                     first.purpose,
-                    type(exc).__name__,
+                    _describe_send_error(exc),
                     _where(exc),
                 )
                 async with self.store.transaction() as tx:
@@ -336,7 +394,17 @@ class Pipeline:
             received_at = None
             async with self.store.transaction() as tx:
                 for row in rows:
-                    await tx.mark_sent(row, event_id)
+                    await tx.mark_sent(row, event_id, shape=None if shape == 0 else name)
+                if shape and message.thread_root is not None and first.referral_id is not None:
+                    # The homeserver will not take this referral's thread: its later
+                    # updates go as replies to the referral instead.
+                    referral = await tx.referral_by_id(first.referral_id)
+                    if (
+                        referral is not None
+                        and referral.room_id == message.room_id
+                        and referral.thread_root == message.thread_root
+                    ):
+                        await tx.set_thread_root(referral.id, None)
                 if first.purpose == "ack" and first.referral_id is not None and self.on_ack_sent:
                     received_at = await tx.referral_received_at(first.referral_id)
                 sent_at = tx.now
@@ -347,13 +415,70 @@ class Pipeline:
                 await self._ack_left_outbox()
             self.sent += len(rows)
             log.info(
-                "sent: outbox=%d rows=%d purpose=%s event=%s",
+                "sent: outbox=%d rows=%d purpose=%s event=%s%s",
                 first.id,
                 len(rows),
                 first.purpose,
                 event_id,
+                f" shape={name}" if shape else "",
             )
             return
+
+    async def _give_up(self, rows: list[OutboxRow], exc: SendRejected) -> None:
+        """The homeserver refuses the message for good: mark the rows failed (the running
+        record notes it), tell the advice team in one line (unless the message was to the
+        advice-team room itself), and let the room's later messages go on."""
+        first = rows[0]
+        async with self.store.transaction() as tx:
+            for row in rows:
+                await tx.mark_send_failed(row, exc.code)
+            await send_failed(
+                tx,
+                self.settings,
+                room_id=first.message.room_id,
+                purpose=first.purpose,
+                referral_id=first.referral_id,
+                outbox_id=first.id,
+                code=exc.code,
+            )
+        self.send_failures += len(rows)
+        log.error(
+            "send failed for good, given up: outbox=%d rows=%d purpose=%s status=%s errcode=%s",
+            first.id,
+            len(rows),
+            first.purpose,
+            exc.status if exc.status is not None else "-",
+            exc.errcode,
+        )
+        if first.purpose == "ack":
+            await self._ack_left_outbox()
+
+
+def fallback_shapes(
+    message: OutgoingMessage, txn_id: str
+) -> list[tuple[str, OutgoingMessage, str]]:
+    """The shapes a message is tried in, in order: (name, message, transaction ID).
+
+    As stored first. A message with a relation is then tried as a plain reply (no thread)
+    and then with no relation at all, each under its own transaction ID (the homeserver
+    must not take a different message for a retry of the first), before it is given up.
+    """
+    shapes = [("as-stored", message, txn_id)]
+    target = message.reply_to or message.thread_root
+    if message.thread_root is not None and target is not None:
+        reply = replace(message, thread_root=None, reply_to=target)
+        shapes.append(("reply", reply, txn_id_for(txn_id, "shape:reply")))
+    if target is not None:
+        bare = replace(message, thread_root=None, reply_to=None)
+        shapes.append(("plain", bare, txn_id_for(txn_id, "shape:plain")))
+    return shapes
+
+
+def _describe_send_error(exc: BaseException) -> str:
+    """The error's type, and for the messenger's own errors their text (status, errcode)."""
+    if type(exc).__name__ == "SendFailed":
+        return f"SendFailed {exc}"
+    return type(exc).__name__
 
 
 def _batchable_run(rows: list[OutboxRow]) -> list[OutboxRow]:

@@ -16,10 +16,15 @@ log = logging.getLogger(__name__)
 
 
 async def tick(pipeline: Pipeline) -> int:
-    """One check: queue the reminders that are due (the commit starts sending them)."""
+    """One check: queue the reminders that are due (the commit starts sending them).
+
+    Also starts every room with unsent messages: one requeued by `referral-bot outbox
+    --retry` while the bot runs is picked up here."""
     async with pipeline.store.transaction() as tx:
         queued = await check_deadlines(tx, pipeline.settings)
         queued += await chase_actions(tx, pipeline.settings)
+        unsent = await tx.rooms_with_unsent()
+    pipeline.outbox_workers.kick_all(unsent)
     if queued:
         log.info("deadline reminders queued: %d", queued)
     return queued

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime, timedelta
 
-from handlers.notify import LONDON, format_time
+from handlers.notify import LONDON, answer_place, format_time
 from handlers.pattern import Pattern, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.referral_form import FieldProblem, parse_referral
@@ -49,7 +49,10 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         received + timedelta(hours=settings.deadlines.written_followup_hours) if phone else None
     )
 
+    # Where the acknowledgement and every later update go (handlers/notify.py).
+    thread_root, reply_to = answer_place(msg, open_thread=True)
     referral_id = await tx.insert_referral(
+        thread_root=thread_root,
         ref=ref,
         year=year,
         year_seq=year_seq,
@@ -91,7 +94,7 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
             {"headline": pattern.headline(), "cumulative": pattern.cumulative()},
         )
 
-    ack = _acknowledgement(ref, form, received, due, settings)
+    ack = _acknowledgement(ref, form, received, due, settings, in_thread=thread_root is not None)
     if phone:
         assert followup_due is not None
         ack.para(
@@ -102,7 +105,7 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         )
     body, html = ack.render()
     await tx.enqueue(
-        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id),
+        OutgoingMessage(msg.room_id, body, html, reply_to=reply_to, thread_root=thread_root),
         txn_id=txn_id_for(msg.event_id, "ack"),
         purpose="ack",
         referral_id=referral_id,
@@ -120,7 +123,13 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
 
 
 def _acknowledgement(
-    ref: str, form: ReferralForm, received: datetime, due: datetime, settings: Settings
+    ref: str,
+    form: ReferralForm,
+    received: datetime,
+    due: datetime,
+    settings: Settings,
+    *,
+    in_thread: bool = True,
 ) -> Doc:
     label = form.referral_type.label
     doc = Doc()
@@ -151,8 +160,9 @@ def _acknowledgement(
             f"{describe_deadline(due)} ({span}; weekends and bank holidays in England and "
             "Wales are not counted)."
         )
+    where = "in this thread" if in_thread else "in replies to your message"
     doc.para(
-        f"You will be told here, in this thread, of every change to {ref}: when it is "
+        f"You will be told here, {where}, of every change to {ref}: when it is "
         "claimed, if it is reclassified, and when it is decided."
     )
     return doc
@@ -191,8 +201,9 @@ async def _reply_problems(tx: Tx, msg: Incoming, problems: tuple[FieldProblem, .
     doc.bullets(*(f"{p.field}: {p.problem}" for p in problems))
     doc.para("Nothing from this message has been stored. Send !refer template for the blank form.")
     body, html = doc.render()
+    thread_root, reply_to = answer_place(msg)
     await tx.enqueue(
-        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id),
+        OutgoingMessage(msg.room_id, body, html, reply_to=reply_to, thread_root=thread_root),
         txn_id=txn_id_for(msg.event_id, "form_problems"),
         purpose="form_problems",
     )

@@ -38,7 +38,12 @@ class Messenger(Protocol):
     """What the pipeline needs from a chat network."""
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
-        """Send and return the new event's ID. Raise `SendRefused` or any error to retry."""
+        """Send and return the new event's ID. Raise `SendRefused` (never to be sent),
+        `SendRejected` (the homeserver refuses it for good) or any error to retry."""
+        ...
+
+    def note_thread_event(self, thread_root: str, event_id: str) -> None:
+        """`event_id` is now the latest event seen in the thread of `thread_root`."""
         ...
 
     async def create_room(self, spec: RoomSpec) -> str:
@@ -68,3 +73,19 @@ class Reloader(Protocol):
 
 class SendRefused(Exception):
     """The message must not be sent as it is (for example: the room is not encrypted)."""
+
+
+class SendRejected(Exception):
+    """The homeserver refused the message and will refuse it again: a 4xx answer other
+    than 429 (M_FORBIDDEN, M_TOO_LARGE, M_BAD_JSON, M_UNKNOWN 400 ...) or the bot no longer
+    in the room. Connection errors, 5xx and 429 are any other exception (retried).
+
+    `code` names the refusal without any content: HTTP status and errcode, e.g.
+    "403 M_FORBIDDEN", or "not-in-room" when there was no answer to have.
+    """
+
+    def __init__(self, errcode: str, status: int | None = None) -> None:
+        self.status = status
+        self.errcode = errcode
+        self.code = errcode if status is None else f"{status} {errcode}"
+        super().__init__(self.code)

@@ -34,6 +34,11 @@ class Incoming:
     command: bool = False
     # A redaction (deletion) of this event.
     redacts: str | None = None
+    # The event's own relation (`m.relates_to`), which decides where it is answered
+    # (handlers/notify.py, `answer_place`): the root of the thread it was sent in, and
+    # whether it has any relation at all (a reply, a reference, an annotation, a thread).
+    thread_root: str | None = None
+    related: bool = False
 
 
 @dataclass(frozen=True)

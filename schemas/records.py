@@ -41,6 +41,8 @@ class Referral:
     agency: str | None = None
     last_reminder_at: datetime | None = None
     reminder_count: int = 0
+    # Where updates go: the thread of the acknowledgement, or None for replies to event_id.
+    thread_root: str | None = None
 
     @property
     def is_open(self) -> bool:

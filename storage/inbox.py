@@ -66,6 +66,8 @@ class InboxStore(TxBase):
             edit_of=payload.get("edit_of"),
             command=bool(payload.get("command", False)),
             redacts=payload.get("redacts"),
+            thread_root=payload.get("thread_root"),
+            related=bool(payload.get("related", False)),
         )
 
     async def rooms_with_pending(self) -> list[str]:

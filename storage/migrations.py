@@ -246,6 +246,23 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX referrals_open_due ON referrals (state, decision_due);
         """,
     ),
+    (
+        8,
+        """
+        -- Where a referral's updates go (issue 10): the thread its acknowledgement is in,
+        -- or NULL for none (updates are then replies to the referral's message). Until now
+        -- that was always a thread on the referral's own event.
+        ALTER TABLE referrals ADD COLUMN thread_root TEXT;
+        UPDATE referrals SET thread_root = event_id;
+
+        -- A message the homeserver refused for good (4xx other than 429, the bot not in the
+        -- room) is given up after a few attempts, so that it never blocks its room's later
+        -- messages: failed_at set (and sent_at, which takes it out of the queue),
+        -- last_error its HTTP status and errcode. `referral-bot outbox --retry` requeues it.
+        ALTER TABLE outbox ADD COLUMN failed_at TEXT;
+        CREATE INDEX outbox_failed ON outbox (failed_at) WHERE failed_at IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

@@ -47,6 +47,7 @@ def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
         agency=row["agency"],
         last_reminder_at=parse_dt(row["last_reminder_at"]),
         reminder_count=row["reminder_count"],
+        thread_root=row["thread_root"],
     )
 
 
@@ -78,13 +79,16 @@ class ReferralStore(TxBase):
         channel: str = "matrix",
         written_followup_due: datetime | None = None,
         agency: str | None = None,
+        thread_root: str | None = None,
     ) -> int:
-        """Insert a referral; its child_key is computed here from the form."""
+        """Insert a referral; its child_key is computed here from the form.
+
+        `thread_root`: the thread its acknowledgement and updates go to (None: none)."""
         cur = await self._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
             " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
-            " form, rag, channel, written_followup_due, child_key, agency)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+            " form, rag, channel, written_followup_due, child_key, agency, thread_root)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ref,
                 year,
@@ -104,6 +108,7 @@ class ReferralStore(TxBase):
                 None if written_followup_due is None else iso(written_followup_due),
                 child_key_of(self._keyring, form),
                 agency,
+                thread_root,
             ),
         )
         assert cur.lastrowid is not None

@@ -58,8 +58,15 @@ class Harness:
         return room
 
     async def send(
-        self, sender: str, body: str, *, room: str | None = None, private: bool | None = None
+        self,
+        sender: str,
+        body: str,
+        *,
+        room: str | None = None,
+        private: bool | None = None,
+        relation: dict[str, object] | None = None,
     ) -> str:
+        """`relation`: inbox payload keys from the event's m.relates_to (bot/events.py)."""
         event_id = f"$e{next(_ids)}"
         room = room or self.dm(sender)
         self.messenger.encrypted_rooms.add(room)
@@ -75,7 +82,7 @@ class Harness:
                         ts,
                         True,
                         "pending",
-                        {"body": body, "private": private},
+                        {"body": body, "private": private, **(relation or {})},
                     )
                 ]
             )

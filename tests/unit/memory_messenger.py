@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from handlers.ports import OutgoingMessage, RoomSpec, SendRefused
+from handlers.ports import OutgoingMessage, RoomSpec, SendRefused, SendRejected
 
 
 @dataclass
@@ -13,11 +14,23 @@ class MemoryMessenger:
     sent: list[tuple[str, OutgoingMessage]] = field(default_factory=list)
     fail_next: int = 0
     seen_txn_ids: set[str] = field(default_factory=set)
+    # Like a homeserver's lasting refusal: messages this returns a code for are refused
+    # (SendRejected) every time they are tried.
+    reject: Callable[[OutgoingMessage], SendRejected | None] = lambda _m: None
+    rejected: list[tuple[str, OutgoingMessage]] = field(default_factory=list)
+    thread_events: dict[str, str] = field(default_factory=dict)
+
+    def note_thread_event(self, thread_root: str, event_id: str) -> None:
+        self.thread_events[thread_root] = event_id
 
     async def send(self, message: OutgoingMessage, txn_id: str) -> str:
         if self.fail_next:
             self.fail_next -= 1
             raise ConnectionError("homeserver unreachable")
+        refusal = self.reject(message)
+        if refusal is not None:
+            self.rejected.append((txn_id, message))
+            raise refusal
         if message.sensitive and message.room_id not in self.encrypted_rooms:
             raise SendRefused("room is not end-to-end encrypted")
         if txn_id in self.seen_txn_ids:  # like a homeserver: the same txn ID is one event
