@@ -36,7 +36,7 @@ from nio import AsyncClient, KeysQueryResponse, MatrixRoom
 
 from bot.store import Store
 from handlers.device_trust import KeyChange, announce_key_change
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.config import PinnedDevice
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,15 @@ class DeviceTrust:
         self,
         client: AsyncClient,
         store: Store,
-        settings: Settings,
+        settings: Settings | CurrentSettings,
         *,
         strict: bool,
         pinned: Iterable[PinnedDevice] = (),
     ) -> None:
         self.client = client
         self.store = store
-        self.settings = settings
+        # The holder shared with the pipeline: roles as they are now, after any reload.
+        self.current = CurrentSettings.of(settings)
         self.strict = strict
         self._pinned = {(p.user_id, p.device_id): p.ed25519 for p in pinned}
         self._records: dict[tuple[str, str], DeviceRecord] = {}
@@ -127,6 +128,11 @@ class DeviceTrust:
         # Called with the rooms that got new outgoing messages (set by the app: the
         # pipeline's outbox workers).
         self.on_enqueued: Callable[[set[str]], None] = lambda rooms: None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read on every use, never kept)."""
+        return self.current.current
 
     async def load(self) -> None:
         async with self.store.transaction() as tx:

@@ -40,11 +40,13 @@ from bot.device_trust import DeviceTrust
 from bot.sas import BotSas
 from bot.store import InboxItem, Store, Tx
 from handlers import device_trust as say
-from handlers.settings import Settings
+from handlers.commands import COMMANDS, screened_words, static_refusal
+from handlers.settings import CurrentSettings, Settings
 
 log = logging.getLogger(__name__)
 
-VERIFY_COMMANDS = ("!verify", "!verify-match", "!verify-reject")
+# Declared in the command table (handlers/commands.py), answered here as they arrive.
+VERIFY_COMMANDS = screened_words()
 SAS_METHOD = "m.sas.v1"
 EXPIRY_S = say.EXPIRY_MINUTES * 60
 
@@ -73,11 +75,16 @@ class _Notice:
 
 class Verifier:
     def __init__(
-        self, client: AsyncClient, store: Store, settings: Settings, trust: DeviceTrust
+        self,
+        client: AsyncClient,
+        store: Store,
+        settings: Settings | CurrentSettings,
+        trust: DeviceTrust,
     ) -> None:
         self.client = client
         self.store = store
-        self.settings = settings
+        # The holder shared with the pipeline: roles as they are now, after any reload.
+        self.current = CurrentSettings.of(settings)
         self.trust = trust
         self.sessions: dict[str, Verification] = {}
         self._notices: list[_Notice] = []
@@ -86,6 +93,11 @@ class Verifier:
         self.on_enqueued: Callable[[set[str]], None] = lambda rooms: None
 
     # -- screening incoming messages (called by the sync loop, no I/O) --------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read on every use, never kept)."""
+        return self.current.current
 
     def _session(self, event: Any, room_id: str) -> Any:
         """The Megolm session a message was decrypted with, if it came straight from its
@@ -124,7 +136,7 @@ class Verifier:
         vouched = device is not None and self.trust.vouches_for(device)
         trusted = device is not None and self.trust.is_trusted(event.sender, device.id)
         if word in VERIFY_COMMANDS:
-            self._command(item, word, words[1:], device, vouched, readable=trusted)
+            self.command(item, word, words[1:], device, vouched, readable=trusted)
             return None
         if device is not None:
             refused = self.trust.is_refused(event.sender, device.id)
@@ -171,7 +183,7 @@ class Verifier:
 
         self._notices.append(_Notice(write))
 
-    def _command(
+    def command(
         self,
         item: InboxItem,
         word: str,
@@ -181,6 +193,8 @@ class Verifier:
         *,
         readable: bool,
     ) -> None:
+        """A verification command; `vouched`: it came from a session verified with the bot
+        (established by `screen` from the message's keys). Only queues replies and actions."""
         sender = item.sender
         if word == "!verify":
             self._reply(item, self._verify(sender, args, device, item.room_id), readable=readable)
@@ -206,23 +220,20 @@ class Verifier:
                 readable=readable,
             )
             return
-        if user_id != sender and not self.settings.is_team(sender):
-            self._reply(
-                item,
-                "Only the advice team can confirm another person's session. Nothing was changed.",
-                readable=readable,
+        if user_id != sender:
+            # Someone else's session: the table's form for that (advice team; the
+            # advice-team room or a DM), checked against the settings in force now.
+            refused = static_refusal(
+                COMMANDS[word].also[0],
+                word,
+                sender,
+                item.room_id,
+                bool(item.payload.get("private")),
+                self.settings,
             )
-            return
-        if user_id != sender and not (
-            item.room_id == self.settings.advice_team_room or item.payload.get("private")
-        ):
-            self._reply(
-                item,
-                f"Use {word} for someone else in the advice-team room or in a direct "
-                "message with me. Nothing was changed.",
-                readable=readable,
-            )
-            return
+            if refused is not None:
+                self._reply(item, refused, readable=readable)
+                return
         active = self._active(user_id, device_id)
         if active is None or not active.shown_in:
             self._reply(

@@ -1,7 +1,9 @@
 """What the use cases need from the configuration, as plain data.
 
-Roles are looked up here on every command: replacing the Settings object (a reload)
-changes who may do what from the next command on.
+Roles are looked up here on every command. Every component that decides who may do
+what (the pipeline, device trust, verification) reads `CurrentSettings.current` from the
+one holder they share, so a reload that swaps it changes who may do what everywhere from
+the next command on.
 """
 
 from __future__ import annotations
@@ -78,3 +80,16 @@ class Settings:
     def is_team(self, user_id: str) -> bool:
         """Advice-team members and managers may see and act on referrals."""
         return user_id in self.team or user_id in self.managers
+
+
+class CurrentSettings:
+    """The one holder of the settings in force. A reload replaces `current`; every component
+    was given this holder (never a Settings of its own), so none keeps a stale copy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+    @classmethod
+    def of(cls, settings: Settings | CurrentSettings) -> CurrentSettings:
+        """The holder itself, or a new one for a fixed Settings (tests, one-off tools)."""
+        return settings if isinstance(settings, CurrentSettings) else cls(settings)

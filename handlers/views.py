@@ -7,13 +7,15 @@ from datetime import datetime
 from typing import Any
 
 from bot.store import RecordEntry, Referral, Tx
+from handlers.context import Call, Refusal
 from handlers.deadlines import age_of, time_left
+from handlers.meeting_record import meetings_section
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
 from handlers.render import Doc
 from handlers.settings import Settings
-from handlers.workflow import Call, Refusal
 from handlers.working_days import describe_deadline
+from schemas.domain import Channel, Kind
 
 
 def _yes_no(value: object) -> str:
@@ -74,7 +76,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         ("Declared by the referrer as", f"{LABEL[r.declared_type]} ({r.declared_by})"),
         (
             "Received",
-            format_time(r.received_at) + (" by telephone" if r.channel == "phone" else ""),
+            format_time(r.received_at) + (" by telephone" if r.channel == Channel.PHONE else ""),
         ),
         ("Status", r.state if not r.claimed_by else f"{r.state} by {r.claimed_by}"),
         ("RAG", (r.rag or "not set").upper()),
@@ -93,7 +95,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         rows.append(
             ("Waiting for a manager", f"downgrade to {LABEL[str(p['to'])]} asked by {p['by']}")
         )
-    if r.channel == "phone":
+    if r.channel == Channel.PHONE:
         rows.append(
             (
                 "Written follow-up",
@@ -111,7 +113,7 @@ def entry_text(e: RecordEntry) -> str:
     for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note"):
         if d.get(key):
             parts.append(f"{key}: {d[key]}")
-    if e.kind == "deadline_reminder":
+    if e.kind == Kind.DEADLINE_REMINDER:
         parts.append("OVERDUE" if d.get("overdue") else "near deadline")
     return " · ".join(str(p) for p in parts)
 
@@ -119,7 +121,7 @@ def entry_text(e: RecordEntry) -> str:
 async def show(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
     doc = await referral_doc(c.tx, r, c.settings)
-    await c.tx.append_record(r.id, c.msg.sender, "viewed", {})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.VIEWED, {})
     await c.say(doc, referral_id=r.id)
 
 
@@ -143,14 +145,12 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
                 for g in others
             )
         )
-    from handlers.meetings import meetings_section  # meetings build on these views
-
     meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:
         await tx.append_record(
-            r.id, settings.bot_user_id, "pattern_shown", {"headline": pattern.headline()}
+            r.id, settings.bot_user_id, Kind.PATTERN_SHOWN, {"headline": pattern.headline()}
         )
     return doc
 
@@ -185,7 +185,7 @@ async def status(c: Call) -> None:
 
 async def chronology(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
-    await c.tx.append_record(r.id, c.msg.sender, "chronology_exported", {"to": "chat"})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.CHRONOLOGY_EXPORTED, {"to": "chat"})
     await c.say(Doc().pre(await chronology_markdown(c.tx, r, c.settings)), referral_id=r.id)
 
 
