@@ -85,6 +85,14 @@ async def minutes_doc(
         ("Scheduled", meeting.scheduled or "at once"),
         ("Closed", format_time(meeting.closed_at) if meeting.closed_at else "open"),
     )
+    _attendance_sections(doc, participants)
+    _item_sections(doc, items)
+    if meeting.close_note:
+        doc.para(meeting.close_note, strong=True)
+    return doc
+
+
+def _attendance_sections(doc: Doc, participants: list[Participant]) -> None:
     doc.heading("Invited").bullets(
         *or_none([f"{p.user_id} ({p.agency or 'no agency'}, {p.role})" for p in participants])
     )
@@ -98,6 +106,10 @@ async def minutes_doc(
             [f"{p.user_id} ({p.agency or 'no agency'}): {ATTENDANCE[p.status]}" for p in missing]
         )
     )
+
+
+def _item_sections(doc: Doc, items: list[MeetingItem]) -> None:
+    """What was recorded, by kind; the actions (owner, due date, done) after the decisions."""
     sections = (
         ("Information provided", "info"),
         ("The child's views", "view_child"),
@@ -105,10 +117,10 @@ async def minutes_doc(
         ("Decisions", "decision"),
         ("Recommendations", "recommendation"),
     )
-    for title_, kind in sections:
+    for title, kind in sections:
         chosen = [i for i in items if i.kind == kind]
         texts = [f"{i.text} ({i.agency or i.author})" for i in chosen] or ["none recorded"]
-        doc.heading(title_).bullets(*texts)
+        doc.heading(title).bullets(*texts)
         if kind == "decision":
             actions = [i for i in items if i.kind == "action"]
             doc.heading("Actions").bullets(
@@ -121,9 +133,6 @@ async def minutes_doc(
                     "none recorded",
                 )
             )
-    if meeting.close_note:
-        doc.para(meeting.close_note, strong=True)
-    return doc
 
 
 def meetings_section(doc: Doc, meetings: list[tuple[Meeting, list[MeetingItem]]]) -> None:
@@ -207,7 +216,7 @@ async def chase_actions(tx: Tx, settings: Settings) -> int:
         stamp = now.strftime("%Y%m%d%H%M") if overdue else "before"
         await tx.enqueue(
             OutgoingMessage(meeting.room_id, body, html, mentions=mentions),
-            txn_id=txn_id_for(f"action{item.id}#{stamp}", "action_reminder"),
+            txn_id=txn_id_for(f"action{item.id}#{stamp}", Purpose.ACTION_REMINDER),
             purpose=Purpose.ACTION_REMINDER,
             referral_id=meeting.referral_id,
         )

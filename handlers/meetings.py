@@ -57,6 +57,23 @@ def _agencies_named(referral: Referral, settings: Settings) -> list[str]:
     ]
 
 
+def _agencies_wanted(referral: Referral, settings: Settings) -> list[str]:
+    """The required agencies, the referrer's own, and the child's school and GP when known
+    (asked through their agencies' leads)."""
+    wanted = list(
+        dict.fromkeys([*settings.meetings.required_agencies, *_agencies_named(referral, settings)])
+    )
+    child = referral.form.get("child", {})
+    for field, key in (("school", "education"), ("gp", "gp")):
+        if (
+            child.get(field)
+            and key not in wanted
+            and (key in settings.agencies or key == "education")
+        ):
+            wanted.append(key)
+    return wanted
+
+
 async def start_meeting(
     tx: Tx,
     referral: Referral,
@@ -84,20 +101,8 @@ async def start_meeting(
             role="referrer",
             status="to_invite",
         )
-    problems: list[str] = []
-    wanted = list(
-        dict.fromkeys([*settings.meetings.required_agencies, *_agencies_named(referral, settings)])
-    )
-    # The child's school and GP, when known, are asked through their agencies' leads.
-    child = referral.form.get("child", {})
-    for field, key in (("school", "education"), ("gp", "gp")):
-        if (
-            child.get(field)
-            and key not in wanted
-            and (key in settings.agencies or key == "education")
-        ):
-            wanted.append(key)
-    for key in wanted:
+    problems = []
+    for key in _agencies_wanted(referral, settings):
         agency = settings.agencies.get(key)
         lead = agency.safeguarding_lead if agency else None
         if lead is None:
