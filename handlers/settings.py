@@ -17,6 +17,7 @@ from schemas.config import (
     DisagreementConfig,
     MeetingsConfig,
     PatternConfig,
+    on_allowed_server,
 )
 
 
@@ -61,8 +62,8 @@ class Settings:
         )
 
     def is_allowed(self, user_id: str) -> bool:
-        """Users of allowed homeservers only, decided from the user ID."""
-        return user_id.startswith("@") and user_id.split(":", 1)[-1] in self.allowed_homeservers
+        """Users of allowed homeservers only: the same rule as the configuration's."""
+        return on_allowed_server(user_id, self.allowed_homeservers)
 
     def agency_of(self, user_id: str) -> str | None:
         for key, agency in self.agencies.items():
