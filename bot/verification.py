@@ -195,70 +195,54 @@ class Verifier:
     ) -> None:
         """A verification command; `vouched`: it came from a session verified with the bot
         (established by `screen` from the message's keys). Only queues replies and actions."""
-        sender = item.sender
         if word == "!verify":
-            self._reply(item, self._verify(sender, args, device, item.room_id), readable=readable)
-            return
-        # !verify-match / !verify-reject: only a verified session can vouch.
+            text = self._verify(item.sender, args, device, item.room_id)
+        else:
+            text = self._vouch(item, word, args, vouched)
+        self._reply(item, text, readable=readable)
+
+    def _vouch(self, item: InboxItem, word: str, args: list[str], vouched: bool) -> str:
+        """`!verify-match` / `!verify-reject` [@user] SESSION: a verified session confirms
+        (or rejects) the emoji shown for a session waiting for it."""
+        sender = item.sender
         if not vouched:
-            self._reply(
-                item,
+            return (
                 f"Only a session that is already verified with me can use {word}. Nothing "
-                "was changed.",
-                readable=readable,
+                "was changed."
             )
-            return
         if len(args) == 1:
             user_id, device_id = sender, args[0]
         elif len(args) == 2 and args[0].startswith("@"):
             user_id, device_id = args
         else:
-            self._reply(
-                item,
+            return (
                 f"Use {word} SESSION for your own session, or {word} @user:server SESSION "
-                "(advice team).",
-                readable=readable,
+                "(advice team)."
             )
-            return
         if user_id != sender:
             # Someone else's session: the table's form for that (advice team; the
             # advice-team room or a DM), checked against the settings in force now.
-            refused = static_refusal(
-                COMMANDS[word].also[0],
-                word,
-                sender,
-                item.room_id,
-                bool(item.payload.get("private")),
-                self.settings,
-            )
+            private = bool(item.payload.get("private"))
+            form = COMMANDS[word].also[0]
+            refused = static_refusal(form, word, sender, item.room_id, private, self.settings)
             if refused is not None:
-                self._reply(item, refused, readable=readable)
-                return
+                return refused
         active = self._active(user_id, device_id)
         if active is None or not active.shown_in:
-            self._reply(
-                item,
+            return (
                 f"There is no verification of session {device_id} of {user_id} waiting for "
-                "confirmation (they expire after a few minutes). Nothing was changed.",
-                readable=readable,
+                "confirmation (they expire after a few minutes). Nothing was changed."
             )
-            return
         if word == "!verify-match":
             self._actions.append(lambda: self._confirm(active, sender))
-            self._reply(
-                item,
+            return (
                 f"Confirmed on my side for session {device_id} of {user_id}. It is verified "
-                "as soon as 'They match' is pressed on that session.",
-                readable=readable,
+                "as soon as 'They match' is pressed on that session."
             )
-        else:
-            self._actions.append(lambda: self._reject(active, sender))
-            self._reply(
-                item,
-                f"Cancelled the verification of session {device_id} of {user_id}. Nothing "
-                "was trusted.",
-                readable=readable,
-            )
+        self._actions.append(lambda: self._reject(active, sender))
+        return (
+            f"Cancelled the verification of session {device_id} of {user_id}. Nothing was trusted."
+        )
 
     def _verify(self, sender: str, args: list[str], device: Any, room_id: str) -> str:
         """`!verify [SESSION]`: start verifying the sender's own session."""
