@@ -21,7 +21,7 @@ from bot.session import open_client, secure_dir
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
 from bot.verification import Verifier
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.config import Config, ConfigError
 from storage.engine import Store
 from storage.keyring import Keyring
@@ -79,7 +79,8 @@ class BotApp:
             password=password_reader(password, cfg.bot.password),
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
-        settings = Settings.from_config(cfg, team_room)
+        # One holder for every component: a reload swaps its value for all of them.
+        settings = CurrentSettings(Settings.from_config(cfg, team_room))
         self.trust = DeviceTrust(
             self.client,
             self.store,
@@ -91,7 +92,7 @@ class BotApp:
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user, self.trust)
         self.pipeline = Pipeline(self.store, settings, messenger)
         if self.config_path is not None:
-            self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
+            self.pipeline.reloader = ConfigReloader(self.config_path, cfg, settings)
         self.pipeline.on_ack_sent = self.metrics.observe_ack
         await self.trust.apply_all()  # the mode or the pinned devices may have changed
         self.verifier = Verifier(self.client, self.store, settings, self.trust)

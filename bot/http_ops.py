@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -22,10 +22,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from bot.pipeline import Pipeline
+from bot.sync_loop import SyncLoop
+from storage.engine import Store
 from storage.metrics import OpsCounts
-
-if TYPE_CHECKING:
-    from bot.app import BotApp
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,24 @@ PROBE_KEY = "health_probe"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From "as fast as the homeserver can carry it" to "acknowledged after the bot was down".
 ACK_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class RunningBot(Protocol):
+    """What the endpoint reads of the running bot (`bot.app.BotApp`); each part is None
+    until it has started."""
+
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def client(self) -> Any: ...  # nio's AsyncClient: `logged_in`
+    @property
+    def store(self) -> Store | None: ...
+    @property
+    def pipeline(self) -> Pipeline | None: ...
+    @property
+    def sync(self) -> SyncLoop | None: ...
+    @property
+    def sync_failed(self) -> bool: ...
 
 
 class OpsMetrics:
@@ -117,7 +135,7 @@ class _Snapshot(Collector):
 
 
 class OpsServer:
-    def __init__(self, app: BotApp, host: str, port: int, metrics: OpsMetrics) -> None:
+    def __init__(self, app: RunningBot, host: str, port: int, metrics: OpsMetrics) -> None:
         self.app = app
         self.host = host
         self.port = port

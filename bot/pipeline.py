@@ -34,7 +34,7 @@ from handlers.ports import (
     txn_id_for,
 )
 from handlers.render import Doc
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.messages import OutboxRow
 from schemas.records import RoomJob
 from storage.base import Committed
@@ -61,10 +61,12 @@ ACK_SETTLE_S = 0.02
 
 
 class Pipeline:
-    def __init__(self, store: Store, settings: Settings, messenger: Messenger) -> None:
+    def __init__(
+        self, store: Store, settings: Settings | CurrentSettings, messenger: Messenger
+    ) -> None:
         self.store = store
-        # Read afresh for every message: a reload swaps it between two commands.
-        self.settings = settings
+        # Shared with device trust and verification; a reload swaps its value.
+        self.current = CurrentSettings.of(settings)
         self.messenger = messenger
         self.reloader: Reloader | None = None
         self.inbox_workers = RoomWorkers("inbox", self._handle_room)
@@ -87,6 +89,15 @@ class Pipeline:
         self._last_batch_at: dict[str, float] = {}
         # Set on shutdown: whatever is queued goes out now, without waiting to batch.
         self.stopping = False
+
+    @property
+    def settings(self) -> Settings:
+        """Read afresh for every message: a reload swaps it between two commands."""
+        return self.current.current
+
+    @settings.setter
+    def settings(self, value: Settings) -> None:
+        self.current.current = value
 
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""

@@ -10,7 +10,7 @@ import logging
 
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
-from handlers.meetings import chase_actions
+from handlers.meeting_record import chase_actions
 
 log = logging.getLogger(__name__)
 

@@ -509,28 +509,32 @@ class _Reader:
     # -- splitting the message into fields
 
     def split(self, body: str) -> None:
+        """Cut the message into fields: each labelled line starts one, and every line
+        after it until the next label continues it."""
         lines = _LINE_BREAKS_RE.sub("\n", body).split("\n")
+        self._collect(self._body_lines(lines))
+        self._settle_repeats()
+
+    def _body_lines(self, lines: list[str]) -> list[tuple[int, str]]:
+        """The numbered lines after `!refer` (a problem if it is not the first line)."""
         index = 0
         while index < len(lines) and (
             not _clean_line(lines[index]).strip() or _COMMENT_RE.match(lines[index])
         ):
             index += 1
         first = _clean_line(lines[index]).strip() if index < len(lines) else ""
-        rest_of_first: str | None = None
+        numbered = [(n + 1, line) for n, line in enumerate(lines)]
         if first[: len(COMMAND)].casefold() == COMMAND and (
             len(first) == len(COMMAND) or first[len(COMMAND)].isspace()
         ):
-            rest_of_first = first[len(COMMAND) :]
-        if rest_of_first is None:
-            self.problem(
-                MESSAGE_FIELD,
-                f"must start with {COMMAND} on its own first line, followed by the fields",
-            )
-            body_lines = [(n + 1, line) for n, line in enumerate(lines)][index:]
-        else:
-            body_lines = [(index + 1, rest_of_first)]
-            body_lines += [(n + 1, line) for n, line in enumerate(lines)][index + 1 :]
+            return [(index + 1, first[len(COMMAND) :]), *numbered[index + 1 :]]
+        self.problem(
+            MESSAGE_FIELD,
+            f"must start with {COMMAND} on its own first line, followed by the fields",
+        )
+        return numbered[index:]
 
+    def _collect(self, body_lines: list[tuple[int, str]]) -> None:
         current: _Occurrence | None = None
         stray: list[tuple[int, str]] = []
         for number, raw in body_lines:
@@ -555,6 +559,8 @@ class _Reader:
                 "first field must start with a field name and a colon, such as 'Child name:'",
             )
 
+    def _settle_repeats(self) -> None:
+        """A field given twice (with values) is a problem, not a silent choice."""
         for key, found_here in self.occurrences.items():
             given = [occurrence for occurrence in found_here if occurrence.value()]
             if len(given) > 1:
@@ -642,6 +648,14 @@ class _Reader:
             )
 
         found: dict[str, date | int] = {}
+        self._date_of_birth(found)
+        self._approximate_age(found)
+        self._unborn_due_date(found)
+        if len(given) == 1:
+            self.data.update(found)
+
+    def _date_of_birth(self, found: dict[str, date | int]) -> None:
+        """Today or earlier, and under 18."""
         born = self.store_date("child.date_of_birth")
         if born is not None:
             if born > self.today:
@@ -659,6 +673,8 @@ class _Reader:
             else:
                 found["child.date_of_birth"] = born
 
+    def _approximate_age(self, found: dict[str, date | int]) -> None:
+        """Whole years, 0 to 17."""
         age_text = self.text("child.approximate_age")
         if age_text is not None:
             age = _parse_age(age_text)
@@ -671,6 +687,8 @@ class _Reader:
             else:
                 found["child.approximate_age"] = age
 
+    def _unborn_due_date(self, found: dict[str, date | int]) -> None:
+        """Within the last few days or the next ten months."""
         due = self.store_date("child.unborn_due_date")
         if due is not None:
             if due < self.today - timedelta(days=DUE_DATE_PAST_DAYS):
@@ -687,8 +705,6 @@ class _Reader:
                 )
             else:
                 found["child.unborn_due_date"] = due
-        if len(given) == 1:
-            self.data.update(found)
 
     def referral_type(self) -> None:
         key = "referral_type"
@@ -748,6 +764,23 @@ class _Reader:
         self.store_text("child.gp")
         self.referral_type()
 
+        self._concerns_and_other()
+
+        self.store_text("description")
+        self.store_bool("immediate_danger")
+        self.store_text("actions_taken")
+
+        self._parents_informed()
+
+        self.store_text("child_views")
+        for key in ("ethnicity", "religion", "first_language", "disability"):
+            self.store_text(f"identity.{key}")
+        for key in ("name", "role", "agency"):
+            self.store_text(f"referrer.{key}")
+        self._referrer_phone()
+
+    def _concerns_and_other(self) -> None:
+        """'Other concern' is needed with 'other', and only then."""
         concerns = self.concerns()
         other = self.text("concern_other")
         if other is not None:
@@ -765,10 +798,8 @@ class _Reader:
                 "Concerns or leave this empty",
             )
 
-        self.store_text("description")
-        self.store_bool("immediate_danger")
-        self.store_text("actions_taken")
-
+    def _parents_informed(self) -> None:
+        """A reason is needed when the parents were not informed, and only then."""
         informed = self.store_bool("parents_informed")
         reason = self.text("parents_not_informed_reason")
         if reason is not None:
@@ -784,11 +815,7 @@ class _Reader:
                 "only fill this in when Parents informed is no; change one of them",
             )
 
-        self.store_text("child_views")
-        for key in ("ethnicity", "religion", "first_language", "disability"):
-            self.store_text(f"identity.{key}")
-        for key in ("name", "role", "agency"):
-            self.store_text(f"referrer.{key}")
+    def _referrer_phone(self) -> None:
         phone = self.text("referrer.phone")
         if phone is not None:
             problem = phone_problem(phone)

@@ -1,7 +1,9 @@
 """What the use cases need from the configuration, as plain data.
 
-Roles are looked up here on every command: replacing the Settings object (a reload)
-changes who may do what from the next command on.
+Roles are looked up here on every command. Every component that decides who may do
+what (the pipeline, device trust, verification) reads `CurrentSettings.current` from the
+one holder they share, so a reload that swaps it changes who may do what everywhere from
+the next command on.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from schemas.config import (
     DisagreementConfig,
     MeetingsConfig,
     PatternConfig,
+    on_allowed_server,
 )
 
 
@@ -59,8 +62,8 @@ class Settings:
         )
 
     def is_allowed(self, user_id: str) -> bool:
-        """Users of allowed homeservers only, decided from the user ID."""
-        return user_id.startswith("@") and user_id.split(":", 1)[-1] in self.allowed_homeservers
+        """Users of allowed homeservers only: the same rule as the configuration's."""
+        return on_allowed_server(user_id, self.allowed_homeservers)
 
     def agency_of(self, user_id: str) -> str | None:
         for key, agency in self.agencies.items():
@@ -78,3 +81,16 @@ class Settings:
     def is_team(self, user_id: str) -> bool:
         """Advice-team members and managers may see and act on referrals."""
         return user_id in self.team or user_id in self.managers
+
+
+class CurrentSettings:
+    """The one holder of the settings in force. A reload replaces `current`; every component
+    was given this holder (never a Settings of its own), so none keeps a stale copy."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.current = settings
+
+    @classmethod
+    def of(cls, settings: Settings | CurrentSettings) -> CurrentSettings:
+        """The holder itself, or a new one for a fixed Settings (tests, one-off tools)."""
+        return settings if isinstance(settings, CurrentSettings) else cls(settings)

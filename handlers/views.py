@@ -6,13 +6,15 @@ import json
 from datetime import datetime
 from typing import Any
 
+from handlers.context import Call, Refusal
 from handlers.deadlines import age_of, time_left
+from handlers.meeting_record import meetings_section
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
 from handlers.render import Doc
 from handlers.settings import Settings
-from handlers.workflow import Call, Refusal
 from handlers.working_days import describe_deadline
+from schemas.domain import Channel, Kind
 from schemas.records import RecordEntry, Referral
 from storage.tx import Tx
 
@@ -75,7 +77,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         ("Declared by the referrer as", f"{LABEL[r.declared_type]} ({r.declared_by})"),
         (
             "Received",
-            format_time(r.received_at) + (" by telephone" if r.channel == "phone" else ""),
+            format_time(r.received_at) + (" by telephone" if r.channel == Channel.PHONE else ""),
         ),
         ("Status", r.state if not r.claimed_by else f"{r.state} by {r.claimed_by}"),
         ("RAG", (r.rag or "not set").upper()),
@@ -94,7 +96,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         rows.append(
             ("Waiting for a manager", f"downgrade to {LABEL[str(p['to'])]} asked by {p['by']}")
         )
-    if r.channel == "phone":
+    if r.channel == Channel.PHONE:
         rows.append(
             (
                 "Written follow-up",
@@ -112,7 +114,7 @@ def entry_text(e: RecordEntry) -> str:
     for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note"):
         if d.get(key):
             parts.append(f"{key}: {d[key]}")
-    if e.kind == "deadline_reminder":
+    if e.kind == Kind.DEADLINE_REMINDER:
         parts.append("OVERDUE" if d.get("overdue") else "near deadline")
     return " · ".join(str(p) for p in parts)
 
@@ -120,7 +122,7 @@ def entry_text(e: RecordEntry) -> str:
 async def show(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
     doc = await referral_doc(c.tx, r, c.settings)
-    await c.tx.append_record(r.id, c.msg.sender, "viewed", {})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.VIEWED, {})
     await c.say(doc, referral_id=r.id)
 
 
@@ -144,14 +146,12 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
                 for g in others
             )
         )
-    from handlers.meetings import meetings_section  # meetings build on these views
-
     meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:
         await tx.append_record(
-            r.id, settings.bot_user_id, "pattern_shown", {"headline": pattern.headline()}
+            r.id, settings.bot_user_id, Kind.PATTERN_SHOWN, {"headline": pattern.headline()}
         )
     return doc
 
@@ -186,7 +186,7 @@ async def status(c: Call) -> None:
 
 async def chronology(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
-    await c.tx.append_record(r.id, c.msg.sender, "chronology_exported", {"to": "chat"})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.CHRONOLOGY_EXPORTED, {"to": "chat"})
     await c.say(Doc().pre(await chronology_markdown(c.tx, r, c.settings)), referral_id=r.id)
 
 

@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -324,14 +325,19 @@ class Config(_Strict):
         return v
 
     def is_allowed_user(self, user_id: str) -> bool:
-        """Whether a user may use the bot, decided from the user ID's server part alone.
+        """Whether a user may use the bot (see `on_allowed_server`)."""
+        return on_allowed_server(user_id, self.access.allowed_homeservers)
 
-        Room IDs are not used: room version 12 IDs carry no server name.
-        """
-        if not USER_ID_RE.match(user_id):
-            return False
-        server = user_id.split(":", 1)[1]
-        return server in self.access.allowed_homeservers
+
+def on_allowed_server(user_id: str, allowed_homeservers: Collection[str]) -> bool:
+    """The one allow-list rule: a well-formed user ID whose server part is allowed.
+
+    Decided from the user ID alone: room IDs are not used (room version 12 IDs carry no
+    server name).
+    """
+    if not USER_ID_RE.match(user_id):
+        return False
+    return user_id.split(":", 1)[1] in allowed_homeservers
 
 
 class ConfigError(Exception):

@@ -26,7 +26,6 @@ class FailedSend:
     attempts: int
 
 
-
 class OutboxStore(RecordStore):
     async def enqueue(
         self,
