@@ -246,6 +246,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX referrals_open_due ON referrals (state, decision_due);
         """,
     ),
+    (
+        10,
+        """
+        -- A message whose room key arrived late (issue 10): when it was decrypted, so its
+        -- referral's running record can say it arrived late and what overtook it.
+        ALTER TABLE inbox ADD COLUMN decrypted_at TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

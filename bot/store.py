@@ -24,7 +24,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -400,14 +400,23 @@ class Tx:
 
     async def next_pending(self, room_id: str) -> Incoming | None:
         async with self._db.execute(
-            "SELECT seq, event_id, room_id, sender, origin_ts, room_encrypted, payload"
-            " FROM inbox WHERE state = 'pending' AND room_id = ? ORDER BY seq LIMIT 1",
+            "SELECT seq, event_id, room_id, sender, origin_ts, room_encrypted, payload,"
+            " decrypted_at FROM inbox WHERE state = 'pending' AND room_id = ?"
+            " ORDER BY seq LIMIT 1",
             (room_id,),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
         payload = json.loads(self._keyring.decrypt(row["payload"], _ctx_payload(row["event_id"])))
+        overtaken_by = 0
+        if row["decrypted_at"] is not None:
+            async with self._db.execute(
+                "SELECT COUNT(*) FROM inbox WHERE state = 'done' AND room_id = ? AND seq > ?",
+                (room_id, row["seq"]),
+            ) as cur:
+                counted = await cur.fetchone()
+            overtaken_by = int(counted[0]) if counted else 0
         return Incoming(
             seq=row["seq"],
             event_id=row["event_id"],
@@ -423,7 +432,23 @@ class Tx:
             edit_of=payload.get("edit_of"),
             command=bool(payload.get("command", False)),
             redacts=payload.get("redacts"),
+            decrypted_at=_dt(row["decrypted_at"]),
+            overtaken_by=overtaken_by,
         )
+
+    async def waiting_for_key_until(self, room_id: str, seq: int, wait_s: float) -> datetime | None:
+        """Until when the room's message `seq` must wait for an earlier message of the same
+        room whose room key has not arrived (stored less than `wait_s` ago); None: go on."""
+        async with self._db.execute(
+            "SELECT MIN(received_at) FROM inbox WHERE state = 'undecrypted' AND room_id = ?"
+            " AND seq < ?",
+            (room_id, seq),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None or row[0] is None:
+            return None
+        until = datetime.fromisoformat(row[0]) + timedelta(seconds=wait_s)
+        return until if until > self.now else None
 
     async def rooms_with_pending(self) -> list[str]:
         async with self._db.execute(
@@ -460,9 +485,13 @@ class Tx:
         if row is None:
             return
         await self._db.execute(
-            "UPDATE inbox SET state = 'pending', payload = ?"
+            "UPDATE inbox SET state = 'pending', payload = ?, decrypted_at = ?"
             " WHERE seq = ? AND state = 'undecrypted'",
-            (self._keyring.encrypt(_dumps(payload), _ctx_payload(row["event_id"])), seq),
+            (
+                self._keyring.encrypt(_dumps(payload), _ctx_payload(row["event_id"])),
+                _iso(self.now),
+                seq,
+            ),
         )
 
     # -- referrals ---------------------------------------------------------------------

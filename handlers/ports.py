@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 
@@ -35,6 +36,10 @@ class Incoming:
     command: bool = False
     # A redaction (deletion) of this event.
     redacts: str | None = None
+    # Its room key arrived late: when it was decrypted, and how many later messages of
+    # the room had been handled before it (they waited for it only for a bounded time).
+    decrypted_at: datetime | None = None
+    overtaken_by: int = 0
 
 
 @dataclass(frozen=True)

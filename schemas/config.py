@@ -125,6 +125,14 @@ class IntakeConfig(_Strict):
             "waits); 0 sends each on its own"
         ),
     )
+    late_key_wait_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=30.0,
+        description=(
+            "a message the bot cannot decrypt yet holds back the later messages of its "
+            "room for at most this many seconds, so that it is handled in its place if its "
+            "room key arrives; 0: later messages never wait"
+        ),
+    )
 
 
 def _check_user_ids(ids: list[str]) -> list[str]:
