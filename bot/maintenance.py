@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.checkpoints import AnchorReport, check_database
 from bot.keyring import Keyring
 from bot.store import ChainReport, PurgeCutoffs, PurgePlan, Store
 from schemas.config import Config, ConfigError
@@ -61,10 +62,14 @@ async def verify(config: Config) -> Outcome:
     Reads a snapshot, so it may run while the bot runs.
     """
     keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    path = config.integrity.checkpoint_file
+    anchor: AnchorReport | None = None
     store = await _open_existing(config, keyring, exclusive=False)
     try:
         async with store.snapshot() as tx:
             report = await tx.check_chains()
+            if path is not None:
+                anchor = await check_database(tx, keyring, path)
     finally:
         await store.close()
     out = Outcome()
@@ -75,7 +80,34 @@ async def verify(config: Config) -> Outcome:
         out.say(f"{summary}: {len(report.breaks)} referral(s) with a broken record.")
     else:
         out.say(f"{summary}: every chain intact.")
+    if anchor is None:
+        out.say(
+            "No checkpoints (integrity.checkpoint_file is not set): deleted newest entries, "
+            "a deleted referral or an older copy of the database cannot be detected."
+        )
+        return out
+    describe_anchor(anchor, path, out)
     return out
+
+
+def describe_anchor(anchor: AnchorReport, path: Path | None, out: Outcome) -> None:
+    for problem in anchor.problems:
+        out.say(f"CHECKPOINT: {problem}")
+    last = anchor.last
+    if last is None:
+        out.say(f"Checkpoint file {path}: no checkpoint yet.")
+    else:
+        out.say(
+            f"Checkpoint file {path}: {anchor.lines} line(s); the latest is line "
+            f"{anchor.last_line}, {last.when}: {last.referrals} referral(s), {last.entries} "
+            f"entries, digest {last.digest}, line digest {last.mac} (compare with the "
+            "audit room's latest post)."
+        )
+    if anchor.problems:
+        out.code = 1
+        out.say(f"{len(anchor.problems)} disagreement(s) with the checkpoints.")
+    elif last is not None:
+        out.say("The database agrees with every checkpoint.")
 
 
 # -- rotate-key --------------------------------------------------------------------------
