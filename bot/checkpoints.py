@@ -298,6 +298,37 @@ def gone_line(keyring: Keyring, prev: Line, recorded: dict[str, Recorded], gone:
     )
 
 
+def append_purged(path: Path, keyring: Keyring, gone: list[str]) -> Line | None:
+    """`referral-bot purge`: record in the file that these referrals were purged (under
+    the file's lock, so a running bot's next line follows this one). Call it inside the
+    purge's transaction: if it fails, nothing is purged."""
+    if not gone or not path.exists():
+        return None
+    cfile = CheckpointFile(path)
+    with cfile.locked() as fd:
+        report = replay(cfile.read_lines(), keyring)
+        if report.last is None:
+            return None
+        line = gone_line(keyring, report.last, report.recorded, gone)
+        CheckpointFile.append(fd, line.seal(keyring))
+    return line
+
+
+async def append_rekeyed(tx: Tx, path: Path, keyring: Keyring) -> Line | None:
+    """`referral-bot rotate-key`: a line listing every referral under the new key,
+    following the file's last line (whatever key signed it)."""
+    if not path.exists():
+        return None
+    cfile = CheckpointFile(path)
+    with cfile.locked() as fd:
+        text = CheckpointFile.last_text(fd)
+        prev = None if text is None else Line.parse(text)
+        line = await full_line(tx, keyring, prev, kind="rekey", note="database key rotated")
+        CheckpointFile.append(fd, line.seal(keyring))
+    await tx.set_kv(LAST_KEY, _canonical({"n": line.n, "mac": line.mac, "at": line.at}))
+    return line
+
+
 # -- the bot's side ------------------------------------------------------------------------
 
 

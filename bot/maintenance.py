@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.checkpoints import AnchorReport, check_database
+from bot.checkpoints import AnchorReport, append_purged, append_rekeyed, check_database
 from bot.keyring import Keyring
 from bot.store import ChainReport, PurgeCutoffs, PurgePlan, Store
 from schemas.config import Config, ConfigError
@@ -129,16 +129,24 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
         return out
     old = _keyring(old_secret, "storage.database_key")
     new = _keyring(new_secret, "the new key")
+    path = config.integrity.checkpoint_file
     store = await _open_existing(config, old, exclusive=True)
     try:
         async with store.transaction() as tx:
             before = await tx.check_chains()
-            if before.breaks:
+            anchor = None
+            if path is not None:
+                anchor = await check_database(tx, old, path)
+            if before.breaks or (anchor is not None and anchor.problems):
                 describe_breaks(before, out)
+                if anchor is not None:
+                    for problem in anchor.problems:
+                        out.say(f"CHECKPOINT: {problem}")
                 out.code = 1
                 out.say(
-                    "Key NOT rotated: a running record is broken, and re-chaining with a new "
-                    "key would hide that. Investigate with `referral-bot verify` first."
+                    "Key NOT rotated: a running record is broken or disagrees with the "
+                    "checkpoints, and re-chaining with a new key would hide that. "
+                    "Investigate with `referral-bot verify` first."
                 )
                 return out
             counts = await tx.reencrypt_all(old, new)
@@ -151,6 +159,13 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
     try:
         async with store.snapshot() as tx:
             after = await tx.check_chains()
+        if path is not None and not after.breaks:
+            # The checkpoints so far are keyed with the old key: a new line lists every
+            # referral under the new one, chained to the old lines.
+            async with store.transaction() as tx:
+                rekeyed = await append_rekeyed(tx, path, new)
+            if rekeyed is not None:
+                out.say(f"Checkpoint file {path}: {rekeyed.when} lists every referral.")
     finally:
         await store.close()
     if after.breaks or after.referrals != before.referrals or after.entries != before.entries:
@@ -243,6 +258,12 @@ async def purge(config: Config, *, confirmed: bool, now: datetime | None = None)
             return out
         async with store.transaction() as tx:
             plan = await tx.purge(cutoffs, rules)
+            if config.integrity.checkpoint_file is not None:
+                # Purged on purpose: the checkpoints say so, so verify does not report
+                # them as deleted. Written before the commit: if it fails, nothing goes.
+                append_purged(
+                    config.integrity.checkpoint_file, keyring, [p.ref for p in plan.referrals]
+                )
         await store.compact(vacuum=False)
     finally:
         await store.close()

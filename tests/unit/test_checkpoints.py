@@ -11,12 +11,14 @@ import shutil
 import sqlite3
 import stat
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
 from bot.checkpoints import Anchor, Line
 from bot.keyring import Keyring
+from bot.maintenance import purge
 from schemas.config import ConfigError, load_config
 from tests.forms import referral
 from tests.keys import KEYRING
@@ -250,3 +252,66 @@ async def test_a_line_is_keyed(anchored: Setup) -> None:
     line = Line.parse(anchored.anchor_file.read_text().splitlines()[0])
     assert line.intact(KEYRING)
     assert not line.intact(Keyring("another-database-key-" + "x" * 20))
+
+
+async def test_a_purge_is_recorded_and_not_reported_as_a_deletion(
+    anchored: Setup, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = load_config(anchored.config)
+    config = config.model_copy(
+        update={"retention": config.retention.model_copy(update={"contact_years": 1})}
+    )
+    later = datetime(2028, 1, 10, tzinfo=UTC)
+    out = await purge(config, confirmed=True, now=later)
+    assert "  REF-2026-000002  contact" in out.lines
+    last = Line.parse(anchored.anchor_file.read_text().splitlines()[-1])
+    assert (last.kind, last.gone, last.referrals, last.entries) == (
+        "purge",
+        ["REF-2026-000002"],
+        3,
+        9,
+    )
+    code, text = await _verify(anchored, capsys)
+    assert code == 0, text
+    # The bot's next checkpoint follows the purge's line.
+    async with rig_at(anchored.db) as rig:
+        await rig.send(referral(Child_name="Fifth Child"))
+        line = await _checkpoint(rig, anchored.anchor_file)
+    assert (line.n, line.prev, line.referrals) == (5, last.mac, 4)
+    code, text = await _verify(anchored, capsys)
+    assert code == 0, text
+
+
+async def test_after_a_key_rotation_the_checkpoints_go_on_under_the_new_key(
+    anchored: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    new_key = "the-new-database-key-" + "n" * 24
+    (tmp_path / "new-key").write_text(new_key)
+    assert (
+        await cli("rotate-key", "-c", anchored.config, "--new-key-file", tmp_path / "new-key") == 0
+    )
+    assert "checkpoint 4 at" in capsys.readouterr().out
+    (tmp_path / "secrets" / "database-key").write_text(new_key)
+    code, text = await _verify(anchored, capsys)
+    assert code == 0, text
+    # Cutting a record short after the rotation is still seen.
+    edit_by_hand(
+        anchored.db,
+        "DELETE FROM record_entries WHERE id = (SELECT MAX(id) FROM record_entries"
+        " WHERE referral_id = 4)",
+    )
+    code, text = await _verify(anchored, capsys)
+    assert code == 1
+    assert "REF-2026-000004: 2 running-record entries, but checkpoint file line 4" in text
+
+
+async def test_key_rotation_is_refused_while_the_database_disagrees(
+    anchored: Setup, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    edit_by_hand(anchored.db, "DELETE FROM record_entries WHERE id = 12")
+    (tmp_path / "new-key").write_text("the-new-database-key-" + "n" * 24)
+    assert (
+        await cli("rotate-key", "-c", anchored.config, "--new-key-file", tmp_path / "new-key") == 1
+    )
+    err = capsys.readouterr().err
+    assert "Key NOT rotated" in err and "its newest entries were deleted" in err
