@@ -1144,8 +1144,12 @@ class Tx:
         flush()
         return found
 
-    async def record_entry_count(self) -> int:
-        async with self._db.execute("SELECT COUNT(*) FROM record_entries") as cur:
+    async def record_entry_count(self, upto: int | None = None) -> int:
+        """How many running-record entries there are (numbered up to `upto`)."""
+        query, args = "SELECT COUNT(*) FROM record_entries WHERE id <= ?", (upto,)
+        if upto is None:
+            query, args = "SELECT COUNT(*) FROM record_entries WHERE ?", (1,)
+        async with self._db.execute(query, args) as cur:
             row = await cur.fetchone()
         return int(row[0]) if row else 0
 
