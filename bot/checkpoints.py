@@ -30,11 +30,11 @@ import fcntl
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bot.keyring import Keyring
 from bot.store import RecordHead, Store, Tx
@@ -43,6 +43,7 @@ from handlers.render import Doc
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 # The database remembers the last checkpoint written, so a file cut short shows.
 LAST_KEY = "checkpoint_last"
 ZERO = "0" * 64
@@ -388,15 +389,15 @@ class Anchor:
         return line
 
     async def _write(self, loop: asyncio.AbstractEventLoop, fd: int) -> Line | None:
-        size = await loop.run_in_executor(None, CheckpointFile.size, fd)
+        size = await _in_thread(loop, CheckpointFile.size, fd)
         if size != self._size:
-            await loop.run_in_executor(None, self._reload, fd)
+            await _in_thread(loop, self._reload, fd)
         async with self.store.reading() as tx:
             line = await self._compute(tx)
         if line is None:
             return None
         text = line.seal(self.keyring)
-        self._size = await loop.run_in_executor(None, CheckpointFile.append, fd, text)
+        self._size = await _in_thread(loop, CheckpointFile.append, fd, text)
         return line
 
     def _reload(self, fd: int) -> None:
@@ -484,6 +485,18 @@ class Anchor:
             self._last_posted_at = loop.time()
             if self.on_enqueued is not None:
                 self.on_enqueued(rooms)
+
+
+async def _in_thread(loop: asyncio.AbstractEventLoop, fn: Callable[..., T], *args: Any) -> T:
+    """Run blocking file work in a thread. Cancelled (shutdown), it still waits for the
+    thread to finish before the file is closed: a descriptor is never closed under it."""
+    future = loop.run_in_executor(None, fn, *args)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise
 
 
 def audit_message(room_id: str, line: Line) -> OutgoingMessage:
