@@ -279,8 +279,14 @@ async def next_line(tx: Tx, keyring: Keyring, prev: Line) -> Line | None:
     )
 
 
-def gone_line(keyring: Keyring, prev: Line, recorded: dict[str, Recorded], gone: list[str]) -> Line:
-    """The line that takes purged referrals out of the checkpoints (`referral-bot purge`)."""
+def gone_line(
+    keyring: Keyring, prev: Line, recorded: dict[str, Recorded], gone: list[str], max_id: int
+) -> Line:
+    """The line that takes purged referrals out of the checkpoints (`referral-bot purge`).
+
+    `max_id`: the newest entry number left after the purge. SQLite numbers a new entry
+    one above the highest left, so if the purge took the newest entries, the next ones
+    reuse numbers the previous line had covered: the line covers only up to `max_id`."""
     digest, referrals, entries = prev.digest, prev.referrals, prev.entries
     for ref in gone:
         r = recorded.get(ref)
@@ -295,7 +301,7 @@ def gone_line(keyring: Keyring, prev: Line, recorded: dict[str, Recorded], gone:
         kind="purge",
         referrals=referrals,
         entries=entries,
-        last_entry=prev.last_entry,
+        last_entry=min(prev.last_entry, max_id),
         digest=digest,
         key=keyring.checkpoint_key_id(),
         prev=prev.mac,
@@ -303,7 +309,7 @@ def gone_line(keyring: Keyring, prev: Line, recorded: dict[str, Recorded], gone:
     )
 
 
-def append_purged(path: Path, keyring: Keyring, gone: list[str]) -> Line | None:
+def append_purged(path: Path, keyring: Keyring, gone: list[str], max_id: int) -> Line | None:
     """`referral-bot purge`: record in the file that these referrals were purged (under
     the file's lock, so a running bot's next line follows this one). Call it inside the
     purge's transaction: if it fails, nothing is purged."""
@@ -314,7 +320,7 @@ def append_purged(path: Path, keyring: Keyring, gone: list[str]) -> Line | None:
         report = replay(cfile.read_lines(), keyring)
         if report.last is None:
             return None
-        line = gone_line(keyring, report.last, report.recorded, gone)
+        line = gone_line(keyring, report.last, report.recorded, gone, max_id)
         CheckpointFile.append(fd, line.seal(keyring))
     return line
 

@@ -262,7 +262,10 @@ async def purge(config: Config, *, confirmed: bool, now: datetime | None = None)
                 # Purged on purpose: the checkpoints say so, so verify does not report
                 # them as deleted. Written before the commit: if it fails, nothing goes.
                 append_purged(
-                    config.integrity.checkpoint_file, keyring, [p.ref for p in plan.referrals]
+                    config.integrity.checkpoint_file,
+                    keyring,
+                    [p.ref for p in plan.referrals],
+                    await tx.record_max_id(),
                 )
         await store.compact(vacuum=False)
     finally:

@@ -261,6 +261,11 @@ async def test_a_purge_is_recorded_and_not_reported_as_a_deletion(
     config = config.model_copy(
         update={"retention": config.retention.model_copy(update={"contact_years": 1})}
     )
+    # The newest entry belongs to the referral purged: the next entry reuses its number.
+    async with rig_at(anchored.db) as rig:
+        async with rig.store.transaction() as tx:
+            await tx.append_record(2, "@worker:example.org", "viewed")
+        await _checkpoint(rig, anchored.anchor_file)
     later = datetime(2028, 1, 10, tzinfo=UTC)
     out = await purge(config, confirmed=True, now=later)
     assert "  REF-2026-000002  contact" in out.lines
@@ -271,13 +276,15 @@ async def test_a_purge_is_recorded_and_not_reported_as_a_deletion(
         3,
         9,
     )
+    assert last.last_entry == 12
     code, text = await _verify(anchored, capsys)
     assert code == 0, text
     # The bot's next checkpoint follows the purge's line.
     async with rig_at(anchored.db) as rig:
         await rig.send(referral(Child_name="Fifth Child"))
         line = await _checkpoint(rig, anchored.anchor_file)
-    assert (line.n, line.prev, line.referrals) == (5, last.mac, 4)
+    assert (line.n, line.prev, line.referrals, line.entries) == (6, last.mac, 4, 12)
+    assert line.changed[0][:2] == ["REF-2026-000005", 3]
     code, text = await _verify(anchored, capsys)
     assert code == 0, text
 
