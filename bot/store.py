@@ -440,7 +440,7 @@ class Tx:
         """Until when the room's message `seq` must wait for an earlier message of the same
         room whose room key has not arrived (stored less than `wait_s` ago); None: go on."""
         async with self._db.execute(
-            "SELECT MIN(received_at) FROM inbox WHERE state = 'undecrypted' AND room_id = ?"
+            "SELECT MAX(received_at) FROM inbox WHERE state = 'undecrypted' AND room_id = ?"
             " AND seq < ?",
             (room_id, seq),
         ) as cur:
