@@ -333,7 +333,10 @@ async def append_rekeyed(tx: Tx, path: Path, keyring: Keyring) -> Line | None:
     cfile = CheckpointFile(path)
     with cfile.locked() as fd:
         text = CheckpointFile.last_text(fd)
-        prev = None if text is None else Line.parse(text)
+        try:
+            prev = None if text is None else Line.parse(text)
+        except ValueError:  # verify reports the damaged line; the new one starts afresh
+            prev = None
         line = await full_line(tx, keyring, prev, kind="rekey", note="database key rotated")
         CheckpointFile.append(fd, line.seal(keyring))
     await tx.set_kv(LAST_KEY, _canonical({"n": line.n, "mac": line.mac, "at": line.at}))
