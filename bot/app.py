@@ -11,7 +11,7 @@ from pathlib import Path
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
-from bot.checkpoints import Anchor, CheckpointFile, run_checkpoints
+from bot.checkpoints import Anchor, check_appendable, run_checkpoints
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
@@ -59,6 +59,9 @@ class BotApp:
             self.ops = OpsServer(self, cfg.http.host, cfg.http.port, self.metrics)
             await self.ops.start()
         data_dir = secure_dir(cfg.storage.data_dir)
+        if cfg.integrity.checkpoint_file is not None:
+            # A path the bot cannot append to stops it now, not silently later.
+            check_appendable(cfg.integrity.checkpoint_file)
         store_key = cfg.storage.store_key.read()
         try:
             keyring = Keyring(cfg.storage.database_key.read())
@@ -121,18 +124,6 @@ class BotApp:
             )
             return
         assert self.store is not None and self.pipeline is not None
-        try:  # a path the bot cannot write to stops it at start, not silently later
-            with CheckpointFile(integrity.checkpoint_file).locked(wait=False):
-                pass
-        except BlockingIOError:
-            pass  # `referral-bot purge` is adding a line
-        except OSError as exc:
-            raise ConfigError(
-                [
-                    f"integrity.checkpoint_file: cannot open {integrity.checkpoint_file} "
-                    f"for appending: {exc.strerror}"
-                ]
-            ) from None
         audit_room = None
         if integrity.audit_room is not None:
             audit_room = await self._resolve_room(integrity.audit_room)

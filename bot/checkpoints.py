@@ -40,6 +40,7 @@ from bot.keyring import Keyring
 from bot.store import RecordHead, Store, Tx
 from handlers.ports import OutgoingMessage
 from handlers.render import Doc
+from schemas.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +197,19 @@ class CheckpointFile:
     def read_lines(self) -> list[str]:
         with open(self.path, encoding="utf-8", errors="replace") as f:
             return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def check_appendable(path: Path) -> None:
+    """ConfigError if the checkpoint file cannot be created or appended to."""
+    try:
+        with CheckpointFile(path).locked(wait=False):
+            pass
+    except BlockingIOError:
+        pass  # `referral-bot purge` is adding a line
+    except OSError as exc:
+        raise ConfigError(
+            [f"integrity.checkpoint_file: cannot open {path} for appending: {exc.strerror}"]
+        ) from None
 
 
 def _fsync_dir(path: Path) -> None:

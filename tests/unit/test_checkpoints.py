@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.checkpoints import Anchor, Line
+from bot.checkpoints import Anchor, Line, check_appendable
 from bot.keyring import Keyring
 from bot.maintenance import purge
 from schemas.config import ConfigError, load_config
@@ -322,3 +322,12 @@ async def test_key_rotation_is_refused_while_the_database_disagrees(
     )
     err = capsys.readouterr().err
     assert "Key NOT rotated" in err and "its newest entries were deleted" in err
+
+
+def test_a_checkpoint_file_that_cannot_be_written_is_refused(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"cannot open .* for appending"):
+        check_appendable(blocker / "checkpoints.jsonl")
+    check_appendable(tmp_path / "anchor" / "checkpoints.jsonl")
+    assert stat.S_IMODE(os.stat(tmp_path / "anchor" / "checkpoints.jsonl").st_mode) == 0o600
