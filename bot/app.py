@@ -212,8 +212,10 @@ class BotApp:
                 log.warning("shutdown: work left in the outbox is sent on the next start")
             await self.pipeline.stop()
         if self.anchor is not None:
-            # The entries of the last seconds are anchored too (not sent to the audit
-            # room: the outbox has stopped; it goes on the next start).
+            # The entries of the last seconds are anchored too (not posted to the audit
+            # room: the outbox has stopped).
+            self.anchor.audit_room = None
+            self.anchor.on_enqueued = None
             try:
                 await self.anchor.checkpoint()
             except Exception as exc:
