@@ -73,3 +73,18 @@ async def test_a_running_bot_anchors_its_records_and_verify_agrees(world: World)
         line.startswith(f"CHECKPOINT: {refs[0]}: ") and "newest entries were deleted" in line
         for line in out.lines
     ), out.lines
+
+
+async def test_the_last_entries_are_anchored_when_the_bot_stops(world: World) -> None:
+    anchor_file = world.base / "anchor-stop" / "checkpoints.jsonl"
+    with world.config_path.open("a", encoding="utf-8") as f:
+        f.write(f'\n[integrity]\ncheckpoint_file = "{anchor_file}"\ncheckpoint_seconds = 3600\n')
+    async with running(world):
+        nurse, dm = await open_dm(world, "nurse-stop")
+        event_id = await nurse.send(dm, referral(Child_name="Stop Anchor"))
+        await nurse.wait_reply(event_id)
+        assert not anchor_file.exists() or anchor_file.read_text() == ""
+    lines = [json.loads(t) for t in anchor_file.read_text().splitlines()]
+    assert [(line["n"], line["referrals"]) for line in lines] == [(1, 1)]
+    out = await verify(world.config)
+    assert out.code == 0, out.lines
