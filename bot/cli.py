@@ -94,6 +94,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  data directory:      {config.storage.data_dir}")
     print(f"  advice-team room:    {config.rooms.advice_team}")
     print(f"  allowed homeservers: {', '.join(config.access.allowed_homeservers)}")
+    anchor = config.integrity.checkpoint_file
+    if anchor is None:
+        print(
+            "  checkpoints:         OFF (warning: set integrity.checkpoint_file, outside the "
+            "data directory, or deleted newest entries, a deleted referral and a database "
+            "restored from an older copy go unseen)"
+        )
+    else:
+        print(f"  checkpoints:         {anchor}")
     return 0
 
 

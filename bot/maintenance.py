@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.checkpoints import AnchorReport, append_purged, append_rekeyed, check_database
 from schemas.config import Config, ConfigError
 from storage.engine import Store
 from storage.integrity import ChainReport
@@ -63,10 +64,14 @@ async def verify(config: Config) -> Outcome:
     Reads a snapshot, so it may run while the bot runs.
     """
     keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    path = config.integrity.checkpoint_file
+    anchor: AnchorReport | None = None
     store = await _open_existing(config, keyring, exclusive=False)
     try:
         async with store.snapshot() as tx:
             report = await tx.check_chains()
+            if path is not None:
+                anchor = await check_database(tx, keyring, path)
     finally:
         await store.close()
     out = Outcome()
@@ -77,7 +82,34 @@ async def verify(config: Config) -> Outcome:
         out.say(f"{summary}: {len(report.breaks)} referral(s) with a broken record.")
     else:
         out.say(f"{summary}: every chain intact.")
+    if anchor is None:
+        out.say(
+            "No checkpoints (integrity.checkpoint_file is not set): deleted newest entries, "
+            "a deleted referral or an older copy of the database cannot be detected."
+        )
+        return out
+    describe_anchor(anchor, path, out)
     return out
+
+
+def describe_anchor(anchor: AnchorReport, path: Path | None, out: Outcome) -> None:
+    for problem in anchor.problems:
+        out.say(f"CHECKPOINT: {problem}")
+    last = anchor.last
+    if last is None:
+        out.say(f"Checkpoint file {path}: no checkpoint yet.")
+    else:
+        out.say(
+            f"Checkpoint file {path}: {anchor.lines} line(s); the latest is line "
+            f"{anchor.last_line}, {last.when}: {last.referrals} referral(s), {last.entries} "
+            f"entries, digest {last.digest}, line digest {last.mac} (compare with the "
+            "audit room's latest post)."
+        )
+    if anchor.problems:
+        out.code = 1
+        out.say(f"{len(anchor.problems)} disagreement(s) with the checkpoints.")
+    elif last is not None:
+        out.say("The database agrees with every checkpoint.")
 
 
 # -- rotate-key --------------------------------------------------------------------------
@@ -99,16 +131,24 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
         return out
     old = _keyring(old_secret, "storage.database_key")
     new = _keyring(new_secret, "the new key")
+    path = config.integrity.checkpoint_file
     store = await _open_existing(config, old, exclusive=True)
     try:
         async with store.transaction() as tx:
             before = await tx.check_chains()
-            if before.breaks:
+            anchor = None
+            if path is not None:
+                anchor = await check_database(tx, old, path)
+            if before.breaks or (anchor is not None and anchor.problems):
                 describe_breaks(before, out)
+                if anchor is not None:
+                    for problem in anchor.problems:
+                        out.say(f"CHECKPOINT: {problem}")
                 out.code = 1
                 out.say(
-                    "Key NOT rotated: a running record is broken, and re-chaining with a new "
-                    "key would hide that. Investigate with `referral-bot verify` first."
+                    "Key NOT rotated: a running record is broken or disagrees with the "
+                    "checkpoints, and re-chaining with a new key would hide that. "
+                    "Investigate with `referral-bot verify` first."
                 )
                 return out
             counts = await tx.reencrypt_all(old, new)
@@ -121,6 +161,13 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
     try:
         async with store.snapshot() as tx:
             after = await tx.check_chains()
+        if path is not None and not after.breaks:
+            # The checkpoints so far are keyed with the old key: a new line lists every
+            # referral under the new one, chained to the old lines.
+            async with store.transaction() as tx:
+                rekeyed = await append_rekeyed(tx, path, new)
+            if rekeyed is not None:
+                out.say(f"Checkpoint file {path}: {rekeyed.when} lists every referral.")
     finally:
         await store.close()
     if after.breaks or after.referrals != before.referrals or after.entries != before.entries:
@@ -213,6 +260,15 @@ async def purge(config: Config, *, confirmed: bool, now: datetime | None = None)
             return out
         async with store.transaction() as tx:
             plan = await tx.purge(cutoffs, rules)
+            if config.integrity.checkpoint_file is not None:
+                # Purged on purpose: the checkpoints say so, so verify does not report
+                # them as deleted. Written before the commit: if it fails, nothing goes.
+                append_purged(
+                    config.integrity.checkpoint_file,
+                    keyring,
+                    [p.ref for p in plan.referrals],
+                    await tx.record_max_id(),
+                )
         await store.compact(vacuum=False)
     finally:
         await store.close()

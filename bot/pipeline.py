@@ -89,6 +89,8 @@ class Pipeline:
         self._last_batch_at: dict[str, float] = {}
         # Set on shutdown: whatever is queued goes out now, without waiting to batch.
         self.stopping = False
+        # Rooms whose later messages wait for an earlier one's room key (a timer is set).
+        self._held_rooms: set[str] = set()
 
     @property
     def settings(self) -> Settings:
@@ -141,6 +143,14 @@ class Pipeline:
                     msg = await tx.next_pending(room_id)
                     if msg is None:
                         return
+                    held = await tx.waiting_for_key_until(
+                        room_id, msg.seq, self.settings.late_key_wait_seconds
+                    )
+                    if held is not None:
+                        # An earlier message of this room waits for its room key: later
+                        # ones wait for it, for a bounded time (README, "late keys").
+                        self._kick_later(room_id, (held - tx.now).total_seconds())
+                        return
                     if msg.thread_root is not None:
                         self.messenger.note_thread_event(msg.thread_root, msg.event_id)
                     await handle_message(tx, msg, self.settings, reloader=self.reloader)
@@ -158,6 +168,19 @@ class Pipeline:
                 )
                 await self._handler_failed(msg)
             self.handled += 1
+
+    def _kick_later(self, room_id: str, delay_s: float) -> None:
+        """Look at the room again once the wait for an earlier message's key is over (the
+        key arriving kicks it sooner)."""
+        if room_id in self._held_rooms:
+            return
+        self._held_rooms.add(room_id)
+
+        def again() -> None:
+            self._held_rooms.discard(room_id)
+            self.inbox_workers.kick(room_id)
+
+        asyncio.get_running_loop().call_later(max(delay_s, 0.0) + 0.05, again)
 
     async def _handler_failed(self, msg: Incoming) -> None:
         body, html = (

@@ -4,7 +4,7 @@ Roles are checked on every command against `CurrentSettings.current`, the one ho
 pipeline, device trust and verification share, so swapping its value is all a reload
 needs: the next command, wherever it is handled, sees the new roles. A file with
 problems changes nothing. Keys that the running bot cannot change (homeserver, bot
-account, storage, allowed homeservers, the advice-team room) keep their running values
+account, storage, allowed homeservers, the advice-team room, checkpoints) keep their running values
 and the reply says a restart is needed for them.
 """
 
@@ -20,7 +20,7 @@ from schemas.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
-RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms")
+RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms", "integrity")
 RELOADED = ("intake", "agencies", "deadlines", "pattern", "disagreement", "meetings", "logging")
 ROLES = ("advice_team", "managers", "admins")
 

@@ -132,6 +132,27 @@ async def _record(
             "rag": rag,
         },
     )
+    if msg.decrypted_at is not None:
+        overtaken = (
+            f"; {msg.overtaken_by} later message(s) of the room were handled before it"
+            if msg.overtaken_by
+            else ""
+        )
+        # Its room key came late. It still gets the next REF when it is handled; the record
+        # says when it was sent and when it could be read, and whether later messages of
+        # the room were handled first (they wait for it only `late_key_wait_seconds`).
+        await tx.append_record(
+            referral_id,
+            settings.bot_user_id,
+            "decrypted_late",
+            {
+                "text": f"received {format_time(received)}, decrypted late at "
+                f"{format_time(msg.decrypted_at)}{overtaken}",
+                "received": received.isoformat(),
+                "decrypted_at": msg.decrypted_at.isoformat(),
+                "later_messages_handled_first": msg.overtaken_by,
+            },
+        )
     pattern = await _pattern_of(tx, msg.event_id, received, settings)
     return _Taken(referral_id, ref, form, received, due, followup_due, pattern)
 

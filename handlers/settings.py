@@ -29,6 +29,7 @@ class Settings:
     immediate_danger_minutes: int = 60
     max_message_bytes: int = 40_000
     team_summary_batch_seconds: float = 0.0
+    late_key_wait_seconds: float = 30.0
     team: frozenset[str] = frozenset()
     managers: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
@@ -50,6 +51,7 @@ class Settings:
             immediate_danger_minutes=config.intake.immediate_danger_minutes,
             max_message_bytes=config.intake.max_message_bytes,
             team_summary_batch_seconds=config.intake.team_summary_batch_seconds,
+            late_key_wait_seconds=config.intake.late_key_wait_seconds,
             team=frozenset(config.team.advice_team),
             managers=frozenset(config.team.managers),
             admins=frozenset(config.team.admins),

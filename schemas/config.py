@@ -126,6 +126,14 @@ class IntakeConfig(_Strict):
             "waits); 0 sends each on its own"
         ),
     )
+    late_key_wait_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=30.0,
+        description=(
+            "a message the bot cannot decrypt yet holds back the later messages of its "
+            "room for at most this many seconds, so that it is handled in its place if its "
+            "room key arrives; 0: later messages never wait"
+        ),
+    )
 
 
 def _check_user_ids(ids: list[str]) -> list[str]:
@@ -250,6 +258,40 @@ class TrustConfig(_Strict):
     pinned_devices: list[PinnedDevice] = Field(default_factory=list)
 
 
+class IntegrityConfig(_Strict):
+    """Checkpoints: the running records' chain heads anchored outside the database, so
+    that deleted newest entries, a deleted referral or a database restored from an older
+    copy show in `referral-bot verify` (README, "Checkpoints")."""
+
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description=(
+            "append-only file the bot adds a checkpoint line to; must be outside "
+            "storage.data_dir (a copy of data_dir must not carry it along). Left out: "
+            "no checkpoints, and the bot warns at every start"
+        ),
+    )
+    checkpoint_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=5.0,
+        description="new running-record entries are checkpointed at most this often",
+    )
+    audit_room: str | None = Field(
+        default=None,
+        description="encrypted room ID the checkpoints are also posted to (counts and digests)",
+    )
+    audit_interval_seconds: Annotated[int, Field(ge=10, le=86_400)] = Field(
+        default=300,
+        description="at most one post to the audit room per this many seconds (the latest)",
+    )
+
+    @field_validator("audit_room")
+    @classmethod
+    def _room(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^![^\s]+$", v):
+            raise ValueError("must be a room ID starting with !")
+        return v
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "json": one JSON object per line (ts, level, logger, message, and the IDs it names).
@@ -315,6 +357,7 @@ class Config(_Strict):
     trust: TrustConfig = TrustConfig()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig | None = None
+    integrity: IntegrityConfig = IntegrityConfig()
 
     @field_validator("agencies")
     @classmethod
@@ -390,4 +433,27 @@ def _resolve_paths(config: Config, root: Path) -> Config:
     bot = config.bot
     if bot.password.file is not None:
         bot = bot.model_copy(update={"password": SecretSource(file=fix(bot.password.file))})
-    return config.model_copy(update={"storage": storage, "bot": bot})
+    integrity = config.integrity
+    if integrity.checkpoint_file is not None:
+        integrity = integrity.model_copy(update={"checkpoint_file": fix(integrity.checkpoint_file)})
+    resolved = config.model_copy(update={"storage": storage, "bot": bot, "integrity": integrity})
+    problem = checkpoint_file_problem(resolved)
+    if problem is not None:
+        raise ConfigError([problem])
+    return resolved
+
+
+def checkpoint_file_problem(config: Config) -> str | None:
+    """The checkpoint file must live outside data_dir: whoever copies, restores or rolls
+    back data_dir must not carry the anchor along with it."""
+    path = config.integrity.checkpoint_file
+    if path is None:
+        return None
+    data_dir = config.storage.data_dir.resolve()
+    where = path.resolve()
+    if where == data_dir or data_dir in where.parents:
+        return (
+            f"integrity.checkpoint_file: {path} is inside storage.data_dir ({data_dir}); "
+            "put it outside, e.g. /var/lib/referral-bot-checkpoints/checkpoints.jsonl"
+        )
+    return None

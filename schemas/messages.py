@@ -7,6 +7,7 @@ knows about matrix-nio or SQL.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from typing import Any
 
 
@@ -39,6 +40,10 @@ class Incoming:
     # whether it has any relation at all (a reply, a reference, an annotation, a thread).
     thread_root: str | None = None
     related: bool = False
+    # Its room key arrived late: when it was decrypted, and how many later messages of
+    # the room had been handled before it (they waited for it only for a bounded time).
+    decrypted_at: datetime | None = None
+    overtaken_by: int = 0
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,14 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX outbox_failed ON outbox (failed_at) WHERE failed_at IS NOT NULL;
         """,
     ),
+    (
+        10,
+        """
+        -- A message whose room key arrived late (issue 10): when it was decrypted, so its
+        -- referral's running record can say it arrived late and what overtook it.
+        ALTER TABLE inbox ADD COLUMN decrypted_at TEXT;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]
