@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from handlers import corrections, meetings, views, workflow
+from handlers import attachments, corrections, meetings, views, workflow
 from handlers.admin import reload_command
 from handlers.intake import take_referral
 from handlers.notify import reply
@@ -23,6 +23,8 @@ HELP: tuple[tuple[str, str], ...] = (
     ("!refer", "send a referral: !refer on the first line, then one 'Field: value' per line"),
     ("!status REF-…", "where your referral is now (referrers see only their own)"),
     ("!amend REF-… text", "add a correction to your referral (the referral as sent is kept)"),
+    ("!attach REF-…", "then send files (pictures, PDF, office documents) for that referral"),
+    ("!attachments REF-…", "the files of your referral, sent here (advice team: any referral)"),
     ("!verify [SESSION]", "verify one of your sessions (devices) with me, by comparing emoji"),
     ("!verify-match SESSION", "from a verified session: my emoji match that session's"),
 )
@@ -94,6 +96,9 @@ async def handle_message(
     if msg.edit_of is not None:
         await corrections.on_edit(tx, msg, settings)
         return
+    if msg.media is not None or msg.media_clear or msg.media_bad:
+        await attachments.on_file(tx, msg, settings)
+        return
     if msg.withheld:
         await _reply(tx, msg, "unencrypted", _refuse_unencrypted(settings), sensitive=False)
         return
@@ -144,6 +149,10 @@ async def handle_message(
         await _run(views.status, tx, msg, settings, args)
     elif word == "!amend":
         await _run(corrections.amend, tx, msg, settings, args)
+    elif word == "!attach":
+        await _run(attachments.attach, tx, msg, settings, args)
+    elif word == "!attachments":
+        await _run(attachments.send_attachments, tx, msg, settings, args)
     elif word == "!reload":
         await reload_command(tx, msg, settings, reloader)
     elif word == "!phone-referral":

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from handlers.deadlines import age_of, time_left
+from handlers.filetypes import attachment_lines
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
 from handlers.render import Doc
@@ -109,7 +110,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
 def entry_text(e: RecordEntry) -> str:
     d = e.detail
     parts = [f"{format_time(e.at)}", e.actor, e.kind.replace("_", " ")]
-    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note"):
+    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note", "file"):
         if d.get(key):
             parts.append(f"{key}: {d[key]}")
     if e.kind == "deadline_reminder":
@@ -147,6 +148,11 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
     from handlers.meetings import meetings_section  # meetings build on these views
 
     meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
+    files = await tx.attachments_of(r.id)
+    if files:
+        doc.heading(f"Files ({len(files)}; !attachments {r.ref} to receive them)").bullets(
+            *attachment_lines(files)
+        )
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:

@@ -68,6 +68,10 @@ class InboxStore(TxBase):
             redacts=payload.get("redacts"),
             thread_root=payload.get("thread_root"),
             related=bool(payload.get("related", False)),
+            media=payload.get("media"),
+            media_clear=bool(payload.get("media_clear", False)),
+            media_bad=bool(payload.get("media_bad", False)),
+            in_reply_to=payload.get("in_reply_to"),
         )
 
     async def rooms_with_pending(self) -> list[str]:

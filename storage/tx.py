@@ -6,6 +6,7 @@ module of its domain; this class only puts them together.
 
 from __future__ import annotations
 
+from storage.attachments import AttachmentStore
 from storage.inbox import InboxStore
 from storage.integrity import IntegrityStore
 from storage.kv import KvStore
@@ -27,5 +28,6 @@ class Tx(
     InboxStore,
     ReferralStore,
     MeetingStore,
+    AttachmentStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
