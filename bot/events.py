@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nio import (
+    BadEvent,
     Event,
     MegolmEvent,
     RedactionEvent,
@@ -163,7 +164,12 @@ def to_inbox_item(
     content = event.source.get("content", {})
     if not isinstance(content, dict):
         return None
-    if isinstance(event, RoomMessage) and content.get("msgtype") in MEDIA_TYPES:
+    is_message = isinstance(event, RoomMessage) or (
+        # nio makes a media event in an encrypted room without a `file` object (an
+        # unencrypted upload) or with a malformed one a BadEvent: it is still a file sent.
+        isinstance(event, BadEvent) and event.type == "m.room.message"
+    )
+    if is_message and content.get("msgtype") in MEDIA_TYPES:
         # A file: attached to a referral by the handler (handlers/attachments.py).
         media = media_payload(content)
         if media is None or edited_event(content) is not None:
