@@ -213,6 +213,10 @@ async def chronology_markdown(tx: Tx, r: Referral, settings: Settings) -> str:
             f"{g.agency or ''}, {g.outcome or g.state}"
             for g in others
         ]
+    files = await tx.attachments_of(r.id)
+    if files:
+        lines += ["", f"## Files ({len(files)})", ""]
+        lines += [f"- {line}" for line in attachment_lines(files)]
     lines += ["", "## Chronology", ""]
     lines += [f"- {entry_text(e)}" for e in await tx.record_of(r.id)]
     return "\n".join(lines) + "\n"
@@ -233,6 +237,20 @@ async def chronology_json(tx: Tx, r: Referral) -> str:
         "decided_by": r.decided_by,
         "form": r.form,
         "linked": [g.ref for g in await tx.referrals_of_child(r) if g.id != r.id],
+        "attachments": [
+            {
+                "id": f.id,
+                "name": f.name,
+                "caption": f.caption,
+                "type": f.kind,
+                "mimetype": f.mimetype,
+                "size": f.size,
+                "sha256": f.sha256,
+                "added_at": f.added_at.isoformat(),
+                "added_by": f.sender,
+            }
+            for f in await tx.attachments_of(r.id)
+        ],
         "record": [
             {"at": e.at.isoformat(), "actor": e.actor, "kind": e.kind, "detail": e.detail}
             for e in await tx.record_of(r.id)
