@@ -67,7 +67,9 @@ async def on_file(tx: Tx, msg: Incoming, settings: Settings) -> None:
         return
     referral = await _referral_for_file(tx, msg)
     if referral is None:
-        if msg.room_id != settings.advice_team_room:
+        # People share files in the team's and the meetings' rooms among themselves: only
+        # a practitioner's room with the bot is told how to attach.
+        if msg.room_id != settings.advice_team_room and not await tx.meeting_by_room(msg.room_id):
             await refuse(f"This file was NOT attached to anything. {HOW_TO_ATTACH}")
         return
     if not may_attach(settings, referral, msg.sender):
