@@ -37,6 +37,10 @@ from storage.engine import Store
 log = logging.getLogger(__name__)
 
 MAX_FETCH_ATTEMPTS = 5
+# Files in memory at once, in and out together: each costs a few times its size while it
+# is checked and stored (or read and encrypted), so many rooms sending 20 MB files at once
+# must not multiply that. Other rooms' messages never wait for this.
+MAX_TRANSFERS = 2
 FIRST_RETRY_S = 1.0
 MAX_RETRY_S = 30.0
 
@@ -56,7 +60,7 @@ def unpadded_b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii").rstrip("=")
 
 
-def check_file(job: AttachmentJob, ciphertext: bytes, max_bytes: int) -> CheckedFile:
+def check_file(job: AttachmentJob, ciphertext: bytes | bytearray, max_bytes: int) -> CheckedFile:
     """Steps 2-4 on the downloaded ciphertext (CPU work: run it in a thread)."""
     digest = unpadded_b64(hashlib.sha256(ciphertext).digest())
     if digest != job.media.sha256.rstrip("="):
@@ -83,6 +87,7 @@ class AttachmentFetcher:
         self.store = store
         self.media = media
         self.retry_first_s = FIRST_RETRY_S
+        self.transfers = asyncio.Semaphore(MAX_TRANSFERS)
 
     async def run_room(self, room_id: str, settings: Settings) -> None:
         """Every pending file of the room, in order."""
@@ -99,9 +104,8 @@ class AttachmentFetcher:
         attempt = job.attempts
         while True:
             try:
-                ciphertext = await self.media.fetch_media(job.media.url, limit)
-                checked = await asyncio.to_thread(check_file, job, ciphertext, limit)
-                del ciphertext
+                async with self.transfers:
+                    checked = await self._fetch_and_check(job, limit)
             except Refused as exc:
                 await self._refuse(job, str(exc))
                 return
@@ -131,7 +135,7 @@ class AttachmentFetcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_S)
                 continue
-            async with self.store.transaction() as tx:
+            async with self.transfers, self.store.transaction() as tx:
                 stored = await file_arrived(
                     tx,
                     job,
@@ -140,6 +144,7 @@ class AttachmentFetcher:
                     file_type=checked.file_type,
                     sha256_hex=checked.sha256_hex,
                 )
+            del checked
             if stored is not None:
                 log.info(
                     "file stored: event=%s attachment=%d size=%d",
@@ -148,6 +153,10 @@ class AttachmentFetcher:
                     stored.size,
                 )
             return
+
+    async def _fetch_and_check(self, job: AttachmentJob, limit: int) -> CheckedFile:
+        ciphertext = await self.media.fetch_media(job.media.url, limit)
+        return await asyncio.to_thread(check_file, job, ciphertext, limit)
 
     async def _refuse(self, job: AttachmentJob, reason: str) -> None:
         log.info("file refused: event=%s", job.event_id)

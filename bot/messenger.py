@@ -8,16 +8,20 @@ or strict: verified devices only) before every encrypted send, never by passing
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import html
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, urlparse
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nio import (
     AsyncClient,
     RoomCreateResponse,
@@ -30,7 +34,6 @@ from nio import (
     RoomVisibility,
     UploadResponse,
 )
-from nio.crypto.attachments import encrypt_attachment
 
 from bot.device_trust import DeviceTrust
 from handlers.ports import (
@@ -55,6 +58,33 @@ FETCH_TIMEOUT_S = 300.0
 THREADS_REMEMBERED = 10_000
 
 log = logging.getLogger(__name__)
+
+
+def _b64(data: bytes, *, urlsafe: bool = False) -> str:
+    encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    return encoded.decode("ascii").rstrip("=")
+
+
+def encrypt_for_matrix(data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Matrix attachment encryption (v2), as matrix-nio's `encrypt_attachment` does it but
+    in one pass with one copy: a fresh random AES-256 key, AES-CTR with a random 64-bit IV
+    and a zero counter, and the SHA-256 of the ciphertext. Returns the ciphertext and the
+    `file` object's `key`, `iv` and `hashes`."""
+    key = os.urandom(32)
+    iv = os.urandom(8) + bytes(8)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    ciphertext = encryptor.update(data) + encryptor.finalize()
+    return ciphertext, {
+        "key": {
+            "kty": "oct",
+            "key_ops": ["encrypt", "decrypt"],
+            "alg": "A256CTR",
+            "k": _b64(key, urlsafe=True),
+            "ext": True,
+        },
+        "iv": _b64(iv),
+        "hashes": {"sha256": _b64(hashlib.sha256(ciphertext).digest())},
+    }
 
 
 class SendFailed(Exception):
@@ -161,7 +191,7 @@ class MatrixMessenger:
             raise SendRejected("not-in-room")
         if not room.encrypted:
             raise SendRefused("room is not end-to-end encrypted")
-        ciphertext, keys = await asyncio.to_thread(encrypt_attachment, file.data)
+        ciphertext, keys = await asyncio.to_thread(encrypt_for_matrix, file.data)
         resp, _ = await self._client.upload(
             lambda _got_429, _got_timeouts: ciphertext,
             content_type="application/octet-stream",
@@ -184,13 +214,7 @@ class MatrixMessenger:
                 "body": file.name,
                 "filename": file.name,
                 "info": {"mimetype": file.mimetype, "size": len(file.data)},
-                "file": {
-                    "v": "v2",
-                    "url": resp.content_uri,
-                    "key": keys["key"],
-                    "iv": keys["iv"],
-                    "hashes": keys["hashes"],
-                },
+                "file": {"v": "v2", "url": resp.content_uri, **keys},
             }
         )
         event_id = await self._send(message, txn_id, content)
@@ -198,7 +222,7 @@ class MatrixMessenger:
             self.note_thread_event(message.thread_root, event_id)
         return event_id
 
-    async def fetch_media(self, url: str, max_bytes: int) -> bytes:
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes | bytearray:
         """Download through the authenticated media API (`/_matrix/client/v1/media`, the
         access token in the Authorization header, never in the URL), stopping as soon as
         the answer says or proves it is larger than `max_bytes`."""
@@ -227,14 +251,13 @@ class MatrixMessenger:
                 raise SendFailed(f"download failed: {resp.status} {errcode or 'no-errcode'}")
             if resp.content_length is not None and resp.content_length > max_bytes:
                 raise MediaTooLarge(str(resp.content_length))
-            chunks: list[bytes] = []
-            total = 0
+            # One buffer, grown in place: no list of chunks joined into a second copy.
+            data = bytearray()
             async for chunk in resp.content.iter_chunked(256 * 1024):
-                total += len(chunk)
-                if total > max_bytes:
-                    raise MediaTooLarge(str(total))
-                chunks.append(chunk)
-        return b"".join(chunks)
+                if len(data) + len(chunk) > max_bytes:
+                    raise MediaTooLarge(str(len(data) + len(chunk)))
+                data += chunk
+        return data
 
     async def _send(
         self, message: OutgoingMessage, txn_id: str, content: dict[str, Any] | None = None

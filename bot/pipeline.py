@@ -458,13 +458,14 @@ class Pipeline:
             return await self.messenger.send(message, txn_id)
         if self.attachments is None:
             raise SendRefused("this bot cannot send files")
-        async with self.store.reading() as tx:
-            found = await tx.attachment_bytes(message.attachment)
-        if found is None:
-            raise SendRefused("the file is no longer stored")
-        stored, data = found
-        file = OutgoingFile(stored.name, stored.mimetype, data)
-        return await self.attachments.media.send_media(message, txn_id, file)
+        async with self.attachments.transfers:
+            async with self.store.reading() as tx:
+                found = await tx.attachment_bytes(message.attachment)
+            if found is None:
+                raise SendRefused("the file is no longer stored")
+            stored, data = found
+            file = OutgoingFile(stored.name, stored.mimetype, data)
+            return await self.attachments.media.send_media(message, txn_id, file)
 
     async def _give_up(self, rows: list[OutboxRow], exc: SendRejected) -> None:
         """The homeserver refuses the message for good: mark the rows failed (the running

@@ -55,12 +55,13 @@ def may_attach(settings: Settings, referral: Referral, user_id: str) -> bool:
     return user_id == referral.sender or settings.is_team(user_id)
 
 
+async def _refuse(tx: Tx, msg: Incoming, text: str) -> None:
+    log.info("file refused: event=%s", msg.event_id)
+    await reply(tx, msg, "attachment_refused", Doc().para(text, strong=True), sensitive=False)
+
+
 async def on_file(tx: Tx, msg: Incoming, settings: Settings) -> None:
     """A file arrived. Refuse it with the reason, or record a job to fetch it."""
-
-    async def refuse(text: str) -> None:
-        log.info("file refused: event=%s", msg.event_id)
-        await reply(tx, msg, "attachment_refused", Doc().para(text, strong=True), sensitive=False)
 
     if not msg.room_encrypted:
         await reply(tx, msg, "unencrypted", _refuse_unencrypted_room(settings), sensitive=False)
@@ -70,12 +71,25 @@ async def on_file(tx: Tx, msg: Incoming, settings: Settings) -> None:
         # People share files in the team's and the meetings' rooms among themselves: only
         # a practitioner's room with the bot is told how to attach.
         if msg.room_id != settings.advice_team_room and not await tx.meeting_by_room(msg.room_id):
-            await refuse(f"This file was NOT attached to anything. {HOW_TO_ATTACH}")
+            await _refuse(tx, msg, f"This file was NOT attached to anything. {HOW_TO_ATTACH}")
         return
+    await queue_file(tx, msg, settings, referral)
+
+
+async def queue_file(tx: Tx, msg: Incoming, settings: Settings, referral: Referral) -> None:
+    """Take the file event `msg` for `referral`, or refuse it with the reason: the checks
+    that need no download (who, encrypted, declared size, count), then a fetch job.
+
+    For other use cases that already know the referral (the guided intake asking for
+    documents): call this with the file's Incoming; the worker does the rest and answers
+    in the referral's thread."""
+
     if not may_attach(settings, referral, msg.sender):
-        await refuse(
+        await _refuse(
+            tx,
+            msg,
             f"This file was NOT attached: only the referrer or the advice team can add files "
-            f"to {referral.ref}."
+            f"to {referral.ref}.",
         )
         return
     if msg.media_clear or msg.media is None:
@@ -87,22 +101,26 @@ async def on_file(tx: Tx, msg: Incoming, settings: Settings) -> None:
             )
         else:
             why = "its encryption details (key, IV or hash) are incomplete. Nothing was stored"
-        await refuse(f"This file was NOT attached to {referral.ref}: {why}.")
+        await _refuse(tx, msg, f"This file was NOT attached to {referral.ref}: {why}.")
         return
     media = EncryptedMedia.from_json(msg.media)
     limits = settings.attachments
     if media.declared_size is not None and media.declared_size > limits.max_bytes:
-        await refuse(
+        await _refuse(
+            tx,
+            msg,
             f"This file was NOT attached to {referral.ref}: it is {size_text(media.declared_size)}"
-            f" and the limit is {size_text(limits.max_bytes)}. Nothing was stored."
+            f" and the limit is {size_text(limits.max_bytes)}. Nothing was stored.",
         )
         return
     have = await tx.attachment_count(referral.id) + await tx.pending_attachment_count(referral.id)
     if have >= limits.max_per_referral:
-        await refuse(
+        await _refuse(
+            tx,
+            msg,
             f"This file was NOT attached: {referral.ref} already has {have} files, the most "
             f"one referral can have ({limits.max_per_referral}). Nothing was stored. Send "
-            "further evidence to the advice team another way."
+            "further evidence to the advice team another way.",
         )
         return
     thread_root, _ = answer_place(msg)

@@ -67,7 +67,7 @@ class OutgoingFile:
 class MediaTransfer(Protocol):
     """Files to and from the homeserver's content repository (encrypted attachments)."""
 
-    async def fetch_media(self, url: str, max_bytes: int) -> bytes:
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes | bytearray:
         """The bytes at an `mxc://` URL, through the authenticated media API. Raise
         `MediaTooLarge` past `max_bytes`, `MediaUnavailable` when the homeserver refuses for
         good (404, 403 ...), any other error to retry."""

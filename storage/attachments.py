@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
 from datetime import datetime
 from typing import Any
@@ -32,14 +31,15 @@ from storage.fields import (
 )
 from storage.keyring import Keyring
 
+# Every file has a key of its own, used for that one encryption only, so a fixed nonce is
+# safe; it saves prefixing (and later slicing off) a nonce, each a copy of the whole file.
+_FILE_NONCE = bytes(12)
+
 
 def seal_file(keyring: Keyring, referral_id: int, uid: str, data: bytes) -> tuple[str, bytes]:
-    """(wrapped key, nonce + ciphertext) for a file's bytes."""
+    """(wrapped key, ciphertext) for a file's bytes, under a new random key."""
     key = AESGCM.generate_key(bit_length=256)
-    nonce = os.urandom(12)
-    sealed = nonce + AESGCM(key).encrypt(
-        nonce, data, ctx_attachment_data(referral_id, uid).encode()
-    )
+    sealed = AESGCM(key).encrypt(_FILE_NONCE, data, ctx_attachment_data(referral_id, uid).encode())
     wrapped = keyring.encrypt(
         base64.b64encode(key).decode("ascii"), ctx_attachment_key(referral_id, uid)
     )
@@ -49,9 +49,7 @@ def seal_file(keyring: Keyring, referral_id: int, uid: str, data: bytes) -> tupl
 def open_file(keyring: Keyring, referral_id: int, uid: str, wrapped: str, sealed: bytes) -> bytes:
     """The plaintext bytes; raises (InvalidTag, ValueError) if anything was changed."""
     key = base64.b64decode(keyring.decrypt(wrapped, ctx_attachment_key(referral_id, uid)))
-    return AESGCM(key).decrypt(
-        sealed[:12], sealed[12:], ctx_attachment_data(referral_id, uid).encode()
-    )
+    return AESGCM(key).decrypt(_FILE_NONCE, sealed, ctx_attachment_data(referral_id, uid).encode())
 
 
 class AttachmentStore(TxBase):
