@@ -388,3 +388,72 @@ advice_team = "{TEAM_ROOM}"
     data = json.loads((out / f"{ref}.json").read_text())
     assert [a["name"] for a in data["attachments"]] == list(files)
     assert "## Files (2)" in (out / f"{ref}.md").read_text()
+
+
+# -- which events are files (bot/events.py) ------------------------------------------------
+
+
+def _file_event(content: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "m.room.message",
+        "event_id": "$f1",
+        "sender": NURSE,
+        "origin_server_ts": 1,
+        "room_id": "!dm:example.org",
+        "content": content,
+    }
+
+
+def test_file_events_become_inbox_items_with_only_what_is_needed() -> None:
+    from nio import Event
+
+    from bot.events import media_payload, to_inbox_item
+
+    _, keys = encrypt_attachment(b"x")
+    file = {"v": "v2", "url": "mxc://example.org/abc", **keys}
+    content = {
+        "msgtype": "m.image",
+        "body": "left arm, front",
+        "filename": "body-map.png",
+        "info": {"mimetype": "image/png", "size": 1234},
+        "file": file,
+        "m.relates_to": {"rel_type": "m.thread", "event_id": "$root"},
+    }
+    event = Event.parse_decrypted_event(_file_event(content))
+    event.decrypted = True
+    item = to_inbox_item(event, "!dm:example.org", True, "@bot:example.org", private=True)
+    assert item is not None and item.state == "pending"
+    m = item.payload["media"]
+    assert (m["name"], m["caption"], m["declared_size"]) == (
+        "body-map.png",
+        "left arm, front",
+        1234,
+    )
+    assert m["sha256"] == keys["hashes"]["sha256"] and item.payload["thread_root"] == "$root"
+    # Uploaded in clear (nio makes it a BadEvent in an encrypted room): only the fact.
+    clear = dict(content, url="mxc://example.org/clear")
+    del clear["file"]
+    bad = Event.parse_decrypted_event(_file_event(clear))
+    bad.decrypted = True
+    item = to_inbox_item(bad, "!dm:example.org", True, "@bot:example.org", private=True)
+    assert item is not None and item.payload["media_clear"] is True and "media" not in item.payload
+    # An incomplete `file` object, a non-file message, an unencrypted room.
+    assert media_payload({**content, "file": {"url": "mxc://x/y"}}) == {
+        "media_bad": True,
+        "thread_root": "$root",
+        "related": True,
+    }
+    assert media_payload({"msgtype": "m.text", "body": "hi"}) is None
+    item = to_inbox_item(event, "!dm:example.org", False, "@bot:example.org")
+    assert item is not None and item.payload.get("media_clear") is True
+
+
+async def test_the_team_gets_files_only_in_their_room_or_a_dm(h: Harness) -> None:
+    root, ref = await refer(h)
+    await send_file(h, NURSE, png(), "a.png", root)
+    group = "!group:example.org"
+    asked = await h.send(WORKER, f"!attachments {ref}", room=group, private=False)
+    assert "advice-team room or in a direct message" in h.reply(asked)
+    assert h.messenger.sent_files == []
+    none_yet = await h.send(WORKER, "!attachments REF-2026-999999", room=TEAM_ROOM)
+    assert "No referral REF-2026-999999" in h.reply(none_yet)
