@@ -97,6 +97,7 @@ class BotApp:
         await self.trust.load()
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user, self.trust)
         self.pipeline = Pipeline(self.store, settings, messenger)
+        self.pipeline.use_media(messenger)
         if self.config_path is not None:
             self.pipeline.reloader = ConfigReloader(self.config_path, cfg, settings)
         self.pipeline.on_ack_sent = self.metrics.observe_ack

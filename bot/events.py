@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from nio import Event, MegolmEvent, RedactionEvent, RoomMemberEvent, RoomMessageText
+from nio import (
+    BadEvent,
+    Event,
+    MegolmEvent,
+    RedactionEvent,
+    RoomMemberEvent,
+    RoomMessage,
+    RoomMessageText,
+)
 
 from schemas.messages import InboxItem
 
@@ -47,6 +55,59 @@ def relation_of(content: dict[str, Any]) -> dict[str, Any]:
     if relates.get("rel_type") == "m.thread" and isinstance(root, str) and root:
         return {"thread_root": root, "related": True}
     return {"related": True}
+
+
+MEDIA_TYPES = frozenset({"m.image", "m.file", "m.video", "m.audio"})
+
+
+def media_payload(content: dict[str, Any]) -> dict[str, Any] | None:
+    """The inbox payload keys of a file event: the encrypted-file descriptor (`media`), or
+    `media_clear` for a file uploaded unencrypted (the homeserver holds it in clear; nothing
+    of it is kept). None if it is no file event or its `file` object is malformed."""
+    if content.get("msgtype") not in MEDIA_TYPES:
+        return None
+    relates = content.get("m.relates_to")
+    reply = relates.get("m.in_reply_to") if isinstance(relates, dict) else None
+    reply_to = reply.get("event_id") if isinstance(reply, dict) else None
+    place: dict[str, Any] = {**relation_of(content)}
+    if isinstance(reply_to, str) and reply_to:
+        place["in_reply_to"] = reply_to
+    file = content.get("file")
+    if not isinstance(file, dict):
+        return {"media_clear": True, **place}
+    info = content.get("info") if isinstance(content.get("info"), dict) else {}
+    hashes = file.get("hashes")
+    sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
+    key = file.get("key")
+    url, iv = file.get("url"), file.get("iv")
+    if not (
+        isinstance(url, str)
+        and url.startswith("mxc://")
+        and isinstance(key, dict)
+        and isinstance(key.get("k"), str)
+        and isinstance(iv, str)
+        and isinstance(sha256, str)
+    ):
+        return {"media_bad": True, **place}
+    body = content.get("body") if isinstance(content.get("body"), str) else ""
+    filename = content.get("filename") if isinstance(content.get("filename"), str) else None
+    # Newer clients send the file name in `filename` and a caption in `body`.
+    name = safe_text(filename or body or "file")[:255]
+    caption = safe_text(body)[:2000] if filename and body and body != filename else None
+    size = info.get("size") if isinstance(info, dict) else None
+    mimetype = info.get("mimetype") if isinstance(info, dict) else None
+    media = {
+        "url": url,
+        "key": key,
+        "iv": iv,
+        "sha256": sha256,
+        "name": name,
+        "caption": caption,
+        "declared_size": size if isinstance(size, int) and not isinstance(size, bool) else None,
+        "mimetype": mimetype if isinstance(mimetype, str) else None,
+        "msgtype": content["msgtype"],
+    }
+    return {"media": media, **place}
 
 
 def safe_text(text: str) -> str:
@@ -100,11 +161,25 @@ def to_inbox_item(
             "pending",
             {"redacts": event.redacts, "private": private},
         )
-    if not isinstance(event, RoomMessageText):
-        # Notices (other bots), emotes, media and state are not commands.
-        return None
     content = event.source.get("content", {})
     if not isinstance(content, dict):
+        return None
+    is_message = isinstance(event, RoomMessage) or (
+        # nio makes a media event in an encrypted room without a `file` object (an
+        # unencrypted upload) or with a malformed one a BadEvent: it is still a file sent.
+        isinstance(event, BadEvent) and event.type == "m.room.message"
+    )
+    if is_message and content.get("msgtype") in MEDIA_TYPES:
+        # A file: attached to a referral by the handler (handlers/attachments.py).
+        media = media_payload(content)
+        if media is None or edited_event(content) is not None:
+            return None
+        encrypted = room_encrypted and bool(getattr(event, "decrypted", False))
+        if not encrypted:
+            media = {"media_clear": True, **relation_of(content)}
+        return _item(event, room_id, encrypted, "pending", {**media, "private": private})
+    if not isinstance(event, RoomMessageText):
+        # Notices (other bots), emotes and state are not commands.
         return None
     edit_of = edited_event(content)
     if edit_of is not None:

@@ -77,6 +77,8 @@ async def verify(config: Config) -> Outcome:
     out = Outcome()
     describe_breaks(report, out)
     summary = f"{report.referrals} referral(s), {report.entries} running-record entries"
+    if report.attachments:
+        summary += f", {report.attachments} attached file(s)"
     if report.breaks:
         out.code = 1
         out.say(f"{summary}: {len(report.breaks)} referral(s) with a broken record.")
@@ -179,6 +181,12 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
         f"Re-encrypted {counts['referrals']} referral(s), {counts['record_entries']} "
         f"running-record entries, {counts['outbox']} outgoing and {counts['inbox']} incoming "
         "message(s); every chain verifies with the new key."
+        + (
+            f" Re-wrapped the keys of {counts['attachments']} attached file(s) and pending "
+            "download(s)."
+            if counts["attachments"]
+            else ""
+        )
     )
     out.say(
         "Now point storage.database_key at the new key before starting the bot: the old key "
@@ -234,6 +242,7 @@ def _describe_rules(config: Config) -> str:
 def _describe_plan(plan: PurgePlan, verb: str, out: Outcome) -> None:
     out.say(
         f"{verb} {len(plan.referrals)} referral(s), each with its running record and messages"
+        + (f" ({plan.attachments} attached file(s) with them)" if plan.attachments else "")
         + (":" if plan.referrals else ".")
     )
     for p in plan.referrals:

@@ -8,15 +8,20 @@ or strict: verified devices only) before every encrypted send, never by passing
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
+import hashlib
 import html
 import json
 import logging
+import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlparse
 
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from nio import (
     AsyncClient,
     RoomCreateResponse,
@@ -27,10 +32,19 @@ from nio import (
     RoomSendError,
     RoomSendResponse,
     RoomVisibility,
+    UploadResponse,
 )
 
 from bot.device_trust import DeviceTrust
-from handlers.ports import OutgoingMessage, RoomSpec, SendRefused, SendRejected
+from handlers.ports import (
+    MediaTooLarge,
+    MediaUnavailable,
+    OutgoingFile,
+    OutgoingMessage,
+    RoomSpec,
+    SendRefused,
+    SendRejected,
+)
 
 ENCRYPTION = {
     "type": "m.room.encryption",
@@ -38,10 +52,39 @@ ENCRYPTION = {
     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
 }
 MODERATOR = 50
+# A file download may take this long (20 MB on a slow link) before it is retried.
+FETCH_TIMEOUT_S = 300.0
 # How many threads' latest events are remembered (a thread message's reply fallback).
 THREADS_REMEMBERED = 10_000
 
 log = logging.getLogger(__name__)
+
+
+def _b64(data: bytes, *, urlsafe: bool = False) -> str:
+    encoded = base64.urlsafe_b64encode(data) if urlsafe else base64.b64encode(data)
+    return encoded.decode("ascii").rstrip("=")
+
+
+def encrypt_for_matrix(data: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Matrix attachment encryption (v2), as matrix-nio's `encrypt_attachment` does it but
+    in one pass with one copy: a fresh random AES-256 key, AES-CTR with a random 64-bit IV
+    and a zero counter, and the SHA-256 of the ciphertext. Returns the ciphertext and the
+    `file` object's `key`, `iv` and `hashes`."""
+    key = os.urandom(32)
+    iv = os.urandom(8) + bytes(8)
+    encryptor = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor()
+    ciphertext = encryptor.update(data) + encryptor.finalize()
+    return ciphertext, {
+        "key": {
+            "kty": "oct",
+            "key_ops": ["encrypt", "decrypt"],
+            "alg": "A256CTR",
+            "k": _b64(key, urlsafe=True),
+            "ext": True,
+        },
+        "iv": _b64(iv),
+        "hashes": {"sha256": _b64(hashlib.sha256(ciphertext).digest())},
+    }
 
 
 class SendFailed(Exception):
@@ -139,7 +182,86 @@ class MatrixMessenger:
             self.note_thread_event(message.thread_root, event_id)
         return event_id
 
-    async def _send(self, message: OutgoingMessage, txn_id: str) -> str:
+    async def send_media(self, message: OutgoingMessage, txn_id: str, file: OutgoingFile) -> str:
+        """Encrypt the file with a fresh key (AES-CTR, as Matrix clients expect), upload
+        the ciphertext, and send the encrypted media event. The upload carries no file
+        name: the homeserver sees only an opaque blob; the name is in the encrypted event."""
+        room = self._client.rooms.get(message.room_id)
+        if room is None:
+            raise SendRejected("not-in-room")
+        if not room.encrypted:
+            raise SendRefused("room is not end-to-end encrypted")
+        ciphertext, keys = await asyncio.to_thread(encrypt_for_matrix, file.data)
+        resp, _ = await self._client.upload(
+            lambda _got_429, _got_timeouts: ciphertext,
+            content_type="application/octet-stream",
+            filesize=len(ciphertext),
+        )
+        if not isinstance(resp, UploadResponse):
+            transport = getattr(resp, "transport_response", None)
+            status = getattr(transport, "status", None)
+            code = getattr(resp, "status_code", None)
+            rejected = classify_refusal(status if isinstance(status, int) else None, code)
+            if rejected is not None:
+                raise rejected
+            raise SendFailed(f"upload failed: {status} {code or 'no-errcode'}")
+        content = matrix_content(message)
+        for key in ("format", "formatted_body", "m.mentions"):
+            content.pop(key, None)
+        content.update(
+            {
+                "msgtype": "m.image" if file.mimetype.startswith("image/") else "m.file",
+                "body": file.name,
+                "filename": file.name,
+                "info": {"mimetype": file.mimetype, "size": len(file.data)},
+                "file": {"v": "v2", "url": resp.content_uri, **keys},
+            }
+        )
+        event_id = await self._send(message, txn_id, content)
+        if message.thread_root is not None:
+            self.note_thread_event(message.thread_root, event_id)
+        return event_id
+
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes | bytearray:
+        """Download through the authenticated media API (`/_matrix/client/v1/media`, the
+        access token in the Authorization header, never in the URL), stopping as soon as
+        the answer says or proves it is larger than `max_bytes`."""
+        parsed = urlparse(url)
+        if parsed.scheme != "mxc" or not parsed.netloc or not parsed.path.strip("/"):
+            raise MediaUnavailable("not an mxc:// URL")
+        path = (
+            f"/_matrix/client/v1/media/download/{quote(parsed.netloc, safe='')}"
+            f"/{quote(parsed.path.strip('/'), safe='')}"
+        )
+        client = self._client
+        resp = await client.send(
+            "GET",
+            path,
+            headers={"Authorization": f"Bearer {client.access_token}"},
+            timeout=FETCH_TIMEOUT_S,
+        )
+        async with resp:
+            if resp.status != 200:
+                errcode = None
+                with contextlib.suppress(Exception):
+                    data = await resp.json(content_type=None)
+                    errcode = data.get("errcode") if isinstance(data, dict) else None
+                if classify_refusal(resp.status, errcode) is not None:
+                    raise MediaUnavailable(f"{resp.status} {errcode or 'no-errcode'}")
+                raise SendFailed(f"download failed: {resp.status} {errcode or 'no-errcode'}")
+            if resp.content_length is not None and resp.content_length > max_bytes:
+                raise MediaTooLarge(str(resp.content_length))
+            # One buffer, grown in place: no list of chunks joined into a second copy.
+            data = bytearray()
+            async for chunk in resp.content.iter_chunked(256 * 1024):
+                if len(data) + len(chunk) > max_bytes:
+                    raise MediaTooLarge(str(len(data) + len(chunk)))
+                data += chunk
+        return data
+
+    async def _send(
+        self, message: OutgoingMessage, txn_id: str, content: dict[str, Any] | None = None
+    ) -> str:
         room = self._client.rooms.get(message.room_id)
         if room is None:
             # nio keeps every room the bot was ever in (even after a kick) once the first
@@ -163,7 +285,7 @@ class MatrixMessenger:
         resp = await self._client.room_send(
             message.room_id,
             "m.room.message",
-            matrix_content(message, latest),
+            content if content is not None else matrix_content(message, latest),
             tx_id=txn_id,
             ignore_unverified_devices=False,
         )

@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 
+from bot.attachments import AttachmentFetcher
 from bot.room_workers import RoomWorkers
 from handlers.commands import handle_message
 from handlers.intake import combine_team_summaries
@@ -26,7 +27,9 @@ from handlers.meetings import room_created, room_spec
 from handlers.notify import answer_place, send_failed
 from handlers.ports import (
     Incoming,
+    MediaTransfer,
     Messenger,
+    OutgoingFile,
     OutgoingMessage,
     Reloader,
     SendRefused,
@@ -73,6 +76,10 @@ class Pipeline:
         self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
         # Room creation and invites: one queue, in order.
         self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
+        # Files to download and store, one worker per room (bot/attachments.py); None
+        # until `use_media` is called: files then wait in their queue.
+        self.attachments: AttachmentFetcher | None = None
+        self.attachment_workers = RoomWorkers("attachments", self._fetch_room)
         # Every committed transaction, whoever ran it, starts the workers for what it left.
         store.on_commit = self._committed
         self.handled = 0
@@ -101,14 +108,20 @@ class Pipeline:
     def settings(self, value: Settings) -> None:
         self.current.current = value
 
+    def use_media(self, media: MediaTransfer) -> None:
+        """Take in and send out files through `media` (the Matrix shell's messenger)."""
+        self.attachments = AttachmentFetcher(self.store, media)
+
     async def resume(self) -> None:
         """Pick up whatever a previous run left: pending events and unsent messages."""
         async with self.store.transaction() as tx:
             pending = await tx.rooms_with_pending()
             unsent = await tx.rooms_with_unsent()
             jobs = await tx.pending_room_jobs()
+            files = await tx.rooms_with_attachment_jobs()
         self.inbox_workers.kick_all(pending)
         self.outbox_workers.kick_all(unsent)
+        self.attachment_workers.kick_all(files)
         if jobs:
             self.job_workers.kick(JOBS)
 
@@ -120,16 +133,24 @@ class Pipeline:
         self.outbox_workers.kick_all(done.outbox_rooms)
         if done.room_jobs:
             self.job_workers.kick(JOBS)
+        self.attachment_workers.kick_all(done.attachment_rooms)
 
     async def wait_idle(self) -> None:
         """Until every kicked room is handled and every queued message sent (tests, shutdown)."""
-        while self.inbox_workers.busy or self.outbox_workers.busy or self.job_workers.busy:
+        while (
+            self.inbox_workers.busy
+            or self.outbox_workers.busy
+            or self.job_workers.busy
+            or self.attachment_workers.busy
+        ):
             await self.inbox_workers.wait_idle()
+            await self.attachment_workers.wait_idle()
             await self.job_workers.wait_idle()
             await self.outbox_workers.wait_idle()
 
     async def stop(self) -> None:
         await self.inbox_workers.cancel()
+        await self.attachment_workers.cancel()
         await self.job_workers.cancel()
         await self.outbox_workers.cancel()
 
@@ -207,6 +228,12 @@ class Pipeline:
                 purpose="failed",
             )
             await tx.mark_handled(msg.seq)
+
+    # -- files (attachments in) ---------------------------------------------------------
+
+    async def _fetch_room(self, room_id: str) -> None:
+        if self.attachments is not None:
+            await self.attachments.run_room(room_id, self.settings)
 
     # -- room jobs (create meeting rooms, invite, set power) ----------------------------
 
@@ -368,7 +395,7 @@ class Pipeline:
         while True:
             name, attempt, attempt_txn = shapes[shape]
             try:
-                event_id = await self.messenger.send(attempt, attempt_txn)
+                event_id = await self._send(attempt, attempt_txn)
             except SendRefused as exc:
                 log.error(
                     "message refused: outbox=%d rows=%d purpose=%s reason=%s",
@@ -457,6 +484,22 @@ class Pipeline:
                 f" shape={name}" if shape else "",
             )
             return
+
+    async def _send(self, message: OutgoingMessage, txn_id: str) -> str:
+        """Send one message; a file (`attachment`) is read from the store, decrypted, and
+        handed to the media transfer, which encrypts it afresh and uploads it."""
+        if message.attachment is None:
+            return await self.messenger.send(message, txn_id)
+        if self.attachments is None:
+            raise SendRefused("this bot cannot send files")
+        async with self.attachments.transfers:
+            async with self.store.reading() as tx:
+                found = await tx.attachment_bytes(message.attachment)
+            if found is None:
+                raise SendRefused("the file is no longer stored")
+            stored, data = found
+            file = OutgoingFile(stored.name, stored.mimetype, data)
+            return await self.attachments.media.send_media(message, txn_id, file)
 
     async def _give_up(self, rows: list[OutboxRow], exc: SendRejected) -> None:
         """The homeserver refuses the message for good: mark the rows failed (the running

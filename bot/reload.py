@@ -21,7 +21,16 @@ from schemas.config import Config, ConfigError, load_config
 log = logging.getLogger(__name__)
 
 RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms", "integrity")
-RELOADED = ("intake", "agencies", "deadlines", "pattern", "disagreement", "meetings", "logging")
+RELOADED = (
+    "intake",
+    "attachments",
+    "agencies",
+    "deadlines",
+    "pattern",
+    "disagreement",
+    "meetings",
+    "logging",
+)
 ROLES = ("advice_team", "managers", "admins")
 
 

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from handlers import admin, corrections, meetings, views, workflow
+from handlers import admin, attachments, corrections, meetings, views, workflow
 from handlers.context import Call, Handler, Refusal, in_team_place
 from handlers.intake import phone_referral, refer
 from handlers.meeting_record import on_membership
@@ -120,6 +120,10 @@ COMMANDS: dict[str, Command] = {c.word: c for c in (
             _ANY("REF-…", "where your referral is now (referrers see only their own)")),
     Command("!amend", corrections.amend,
             _ANY("REF-… text", "add a correction to your referral (the referral as sent is kept)")),
+    Command("!attach", attachments.attach,
+            _ANY("REF-…", "then send files (pictures, PDF, office documents) for that referral")),
+    Command("!attachments", attachments.send_attachments,
+            _ANY("REF-…", "the files of your referral, sent here (advice team: any referral)")),
     Command("!verify", None,
             _ANY("[SESSION]", "verify one of your sessions (devices) with me, by comparing emoji")),
     Command("!verify-match", None,
@@ -305,8 +309,8 @@ async def handle_message(
 
 
 async def _not_a_command(tx: Tx, msg: Incoming, settings: Settings) -> bool:
-    """Handle what is not a command to run (membership, deletion, edit, an unencrypted
-    room, a message too long); True if the message was one of those."""
+    """Handle what is not a command to run (membership, deletion, edit, a file, an
+    unencrypted room, a message too long); True if the message was one of those."""
     if msg.membership is not None:
         meeting = await tx.meeting_by_room(msg.room_id)
         if meeting is not None:
@@ -315,6 +319,8 @@ async def _not_a_command(tx: Tx, msg: Incoming, settings: Settings) -> bool:
         await corrections.on_redaction(tx, msg, settings)
     elif msg.edit_of is not None:
         await corrections.on_edit(tx, msg, settings)
+    elif msg.media is not None or msg.media_clear or msg.media_bad:
+        await attachments.on_file(tx, msg, settings)
     elif msg.withheld:
         doc = Doc().para(
             "This room is not end-to-end encrypted, so I will not take referrals or show "

@@ -56,6 +56,38 @@ class Messenger(Protocol):
 
 
 @dataclass(frozen=True)
+class OutgoingFile:
+    """A stored file to send (its plaintext; the shell encrypts it with a fresh key)."""
+
+    name: str
+    mimetype: str
+    data: bytes
+
+
+class MediaTransfer(Protocol):
+    """Files to and from the homeserver's content repository (encrypted attachments)."""
+
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes | bytearray:
+        """The bytes at an `mxc://` URL, through the authenticated media API. Raise
+        `MediaTooLarge` past `max_bytes`, `MediaUnavailable` when the homeserver refuses for
+        good (404, 403 ...), any other error to retry."""
+        ...
+
+    async def send_media(self, message: OutgoingMessage, txn_id: str, file: OutgoingFile) -> str:
+        """Encrypt `file` with a fresh key, upload it and send the media event described
+        by `message` (its room and relations); return the event ID. Errors as `send`."""
+        ...
+
+
+class MediaTooLarge(Exception):
+    """The file is larger than the limit (found while downloading)."""
+
+
+class MediaUnavailable(Exception):
+    """The homeserver will not give the file (its status and errcode, no content)."""
+
+
+@dataclass(frozen=True)
 class ReloadOutcome:
     """What a reload of the configuration file did."""
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from schemas.config import (
     AgencyConfig,
+    AttachmentsConfig,
     Config,
     DeadlinesConfig,
     DisagreementConfig,
@@ -41,6 +42,7 @@ class Settings:
         default_factory=lambda: MeetingsConfig(required_agencies=[], must_account_for=[])
     )
     allowed_homeservers: frozenset[str] = frozenset({"example.org"})
+    attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
 
     @classmethod
     def from_config(cls, config: Config, advice_team_room: str) -> Settings:
@@ -61,6 +63,7 @@ class Settings:
             disagreement=config.disagreement,
             meetings=config.meetings,
             allowed_homeservers=frozenset(config.access.allowed_homeservers),
+            attachments=config.attachments,
         )
 
     def is_allowed(self, user_id: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 
 from handlers.context import Call, Refusal
 from handlers.deadlines import age_of, time_left
+from handlers.filetypes import attachment_lines
 from handlers.meeting_record import meetings_section
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
@@ -111,7 +112,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
 def entry_text(e: RecordEntry) -> str:
     d = e.detail
     parts = [f"{format_time(e.at)}", e.actor, e.kind.replace("_", " ")]
-    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note"):
+    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note", "file"):
         if d.get(key):
             parts.append(f"{key}: {d[key]}")
     if e.kind == Kind.DEADLINE_REMINDER:
@@ -147,6 +148,11 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
             )
         )
     meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
+    files = await tx.attachments_of(r.id)
+    if files:
+        doc.heading(f"Files ({len(files)}; !attachments {r.ref} to receive them)").bullets(
+            *attachment_lines(files)
+        )
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:
@@ -207,6 +213,10 @@ async def chronology_markdown(tx: Tx, r: Referral, settings: Settings) -> str:
             f"{g.agency or ''}, {g.outcome or g.state}"
             for g in others
         ]
+    files = await tx.attachments_of(r.id)
+    if files:
+        lines += ["", f"## Files ({len(files)})", ""]
+        lines += [f"- {line}" for line in attachment_lines(files)]
     lines += ["", "## Chronology", ""]
     lines += [f"- {entry_text(e)}" for e in await tx.record_of(r.id)]
     return "\n".join(lines) + "\n"
@@ -227,6 +237,20 @@ async def chronology_json(tx: Tx, r: Referral) -> str:
         "decided_by": r.decided_by,
         "form": r.form,
         "linked": [g.ref for g in await tx.referrals_of_child(r) if g.id != r.id],
+        "attachments": [
+            {
+                "id": f.id,
+                "name": f.name,
+                "caption": f.caption,
+                "type": f.kind,
+                "mimetype": f.mimetype,
+                "size": f.size,
+                "sha256": f.sha256,
+                "added_at": f.added_at.isoformat(),
+                "added_by": f.sender,
+            }
+            for f in await tx.attachments_of(r.id)
+        ],
         "record": [
             {"at": e.at.isoformat(), "actor": e.actor, "kind": e.kind, "detail": e.detail}
             for e in await tx.record_of(r.id)

@@ -136,6 +136,21 @@ class IntakeConfig(_Strict):
     )
 
 
+class AttachmentsConfig(_Strict):
+    """Files attached to referrals (end-to-end encrypted media only)."""
+
+    max_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = Field(
+        default=20 * 1024 * 1024, description="largest file taken, in bytes"
+    )
+    max_per_referral: Annotated[int, Field(ge=1, le=200)] = Field(
+        default=20, description="most files one referral can have"
+    )
+    attach_window_minutes: Annotated[int, Field(ge=1, le=60)] = Field(
+        default=5,
+        description="after !attach REF-…, the sender's files in that room go to it for this long",
+    )
+
+
 def _check_user_ids(ids: list[str]) -> list[str]:
     for uid in ids:
         if not USER_ID_RE.match(uid):
@@ -347,6 +362,7 @@ class Config(_Strict):
     access: AccessConfig
     rooms: RoomsConfig
     intake: IntakeConfig = IntakeConfig()
+    attachments: AttachmentsConfig = AttachmentsConfig()
     team: TeamConfig = TeamConfig()
     agencies: dict[str, AgencyConfig] = Field(default_factory=dict)
     deadlines: DeadlinesConfig = DeadlinesConfig()

@@ -44,6 +44,14 @@ class Incoming:
     # the room had been handled before it (they waited for it only for a bounded time).
     decrypted_at: datetime | None = None
     overtaken_by: int = 0
+    # A file (m.image, m.file, m.video, m.audio): its encrypted-file descriptor
+    # (schemas.records.EncryptedMedia as JSON), or `media_clear` when it was uploaded
+    # unencrypted (nothing of it is stored). `in_reply_to`: the event it replies to.
+    media: dict[str, Any] | None = None
+    media_clear: bool = False
+    # A file event whose `file` object is incomplete (no key, IV or hash).
+    media_bad: bool = False
+    in_reply_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,10 @@ class OutgoingMessage:
     # Goes out at once even when messages of its kind are being gathered into one
     # (the advice-team summary of an immediate-danger referral).
     urgent: bool = False
+    # Send this stored file (storage/attachments.py, by ID) as an encrypted media event,
+    # `body` being its file name; the bytes are read, encrypted with a fresh key and
+    # uploaded at send time, never kept in the outbox.
+    attachment: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -80,6 +80,10 @@ class InboxStore(TxBase):
             related=bool(payload.get("related", False)),
             decrypted_at=parse_dt(row["decrypted_at"]),
             overtaken_by=overtaken_by,
+            media=payload.get("media"),
+            media_clear=bool(payload.get("media_clear", False)),
+            media_bad=bool(payload.get("media_bad", False)),
+            in_reply_to=payload.get("in_reply_to"),
         )
 
     async def waiting_for_key_until(self, room_id: str, seq: int, wait_s: float) -> datetime | None:

@@ -271,6 +271,68 @@ MIGRATIONS: list[tuple[int, str]] = [
         ALTER TABLE inbox ADD COLUMN decrypted_at TEXT;
         """,
     ),
+    (
+        12,
+        """
+        -- Files attached to referrals (issue 14). A file arrives as an end-to-end encrypted
+        -- media event; the handler records a job (the event's encrypted-file descriptor,
+        -- itself encrypted here) and a worker downloads, checks and stores it outside any
+        -- write transaction. `media` and `error` are cleared/kept so that a finished job
+        -- holds no key to the homeserver's copy.
+        CREATE TABLE attachment_jobs (
+            id          INTEGER PRIMARY KEY,
+            event_id    TEXT    NOT NULL UNIQUE,
+            room_id     TEXT    NOT NULL,
+            sender      TEXT    NOT NULL,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            thread_root TEXT,
+            media       TEXT,
+            state       TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'refused')),
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            error       TEXT,
+            created_at  TEXT    NOT NULL,
+            done_at     TEXT
+        );
+        CREATE INDEX attachment_jobs_pending ON attachment_jobs (room_id, id)
+            WHERE state = 'pending';
+
+        -- The stored files. `data` is AES-256-GCM under a key of its own (`file_key`,
+        -- wrapped by the database key's field encryption, bound to the row's uid);
+        -- `meta` (file name, caption) is field-encrypted too. `sha256`, `size` and `kind`
+        -- are of the plaintext and carry no personal data; the running record has them.
+        CREATE TABLE attachments (
+            id          INTEGER PRIMARY KEY,
+            uid         TEXT    NOT NULL UNIQUE,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            event_id    TEXT    NOT NULL UNIQUE,
+            sender      TEXT    NOT NULL,
+            added_at    TEXT    NOT NULL,
+            kind        TEXT    NOT NULL,
+            mimetype    TEXT    NOT NULL,
+            size        INTEGER NOT NULL,
+            sha256      TEXT    NOT NULL,
+            meta        TEXT    NOT NULL,
+            file_key    TEXT    NOT NULL,
+            data        BLOB    NOT NULL
+        );
+        CREATE INDEX attachments_by_referral ON attachments (referral_id, id);
+
+        -- `!attach REF-…`: the sender's next files in that room go to that referral until
+        -- `until`.
+        CREATE TABLE attach_windows (
+            room_id     TEXT    NOT NULL,
+            sender      TEXT    NOT NULL,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            until       TEXT    NOT NULL,
+            PRIMARY KEY (room_id, sender)
+        );
+
+        -- A file sent as a reply to the bot's acknowledgement (or another message of a
+        -- referral's) goes to that referral: found by the event the bot sent.
+        CREATE INDEX outbox_by_sent_event ON outbox (sent_event_id)
+            WHERE sent_event_id IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

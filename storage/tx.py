@@ -6,6 +6,7 @@ module of its domain; this class only puts them together.
 
 from __future__ import annotations
 
+from storage.attachments import AttachmentStore
 from storage.checkpoints import CheckpointStore
 from storage.inbox import InboxStore
 from storage.integrity import IntegrityStore
@@ -29,5 +30,6 @@ class Tx(
     ReferralStore,
     MeetingStore,
     CheckpointStore,
+    AttachmentStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""

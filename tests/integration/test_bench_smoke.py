@@ -36,3 +36,13 @@ async def test_claim_contention_smoke_run(synapse: DevSynapse) -> None:
     assert results["summary"]["all_rounds_ok"] is True
     assert results["summary"]["p99_ms"] > 0
     assert results["bot_exit_code"] == 0
+
+
+async def test_attachment_roundtrip_smoke_run(synapse: DevSynapse) -> None:
+    from bench.attachment_roundtrip import RoundTripOptions, run_roundtrip
+
+    results = await run_roundtrip(RoundTripOptions(mb=1.0, rounds=1), hs=synapse)
+    (only,) = results["rounds"]
+    assert only["byte_identical"] is True
+    assert only["in_event_to_added_s"] > 0 and only["out_command_to_file_event_s"] > 0
+    assert results["peak_rss_mb"] > 0 and results["bot_exit_code"] == 0

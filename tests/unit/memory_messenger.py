@@ -5,7 +5,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from handlers.ports import OutgoingMessage, RoomSpec, SendRefused, SendRejected
+from handlers.ports import (
+    MediaTooLarge,
+    MediaUnavailable,
+    OutgoingFile,
+    OutgoingMessage,
+    RoomSpec,
+    SendRefused,
+    SendRejected,
+)
 
 
 @dataclass
@@ -57,3 +65,31 @@ class MemoryMessenger:
 
     def to(self, room_id: str) -> list[OutgoingMessage]:
         return [m for _, m in self.sent if m.room_id == room_id]
+
+    # -- media: a content repository in memory (handlers/ports.py, MediaTransfer) --------
+    media: dict[str, bytes] = field(default_factory=dict)
+    fetch_fails: int = 0
+    fetched: list[str] = field(default_factory=list)
+    sent_files: list[tuple[OutgoingMessage, OutgoingFile]] = field(default_factory=list)
+
+    def upload(self, data: bytes) -> str:
+        url = f"mxc://example.org/m{len(self.media) + 1}"
+        self.media[url] = data
+        return url
+
+    async def fetch_media(self, url: str, max_bytes: int) -> bytes:
+        self.fetched.append(url)
+        if self.fetch_fails:
+            self.fetch_fails -= 1
+            raise ConnectionError("homeserver unreachable")
+        if url not in self.media:
+            raise MediaUnavailable("404 M_NOT_FOUND")
+        if len(self.media[url]) > max_bytes:
+            raise MediaTooLarge(str(len(self.media[url])))
+        return self.media[url]
+
+    async def send_media(self, message: OutgoingMessage, txn_id: str, file: OutgoingFile) -> str:
+        if message.room_id not in self.encrypted_rooms:
+            raise SendRefused("room is not end-to-end encrypted")
+        self.sent_files.append((message, file))
+        return await self.send(message, txn_id)
