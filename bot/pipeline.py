@@ -18,6 +18,7 @@ import logging
 import traceback
 from collections.abc import Callable
 
+from bot.disk_faults import is_disk_fault
 from bot.room_workers import RoomWorkers
 from bot.store import OutboxRow, RoomJob, Store
 from handlers.commands import handle_message
@@ -57,10 +58,15 @@ class Pipeline:
         self.settings = settings
         self.messenger = messenger
         self.reloader: Reloader | None = None
-        self.inbox_workers = RoomWorkers("inbox", self._handle_room)
-        self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
+        # A write the database refuses (disk full) leaves the work where it is: each
+        # worker waits for writing to work again (bot/disk_faults.py), then goes on.
+        self.inbox_workers = RoomWorkers("inbox", self._handle_room, store.faults)
+        self.outbox_workers = RoomWorkers("outbox", self._deliver_room, store.faults)
         # Room creation and invites: one queue, in order.
-        self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
+        self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs, store.faults)
+        store.faults.on_recovered.append(self.resume)
+        # Rooms made for a job whose own write then failed: a retry must not make another.
+        self._rooms_made: dict[int, str] = {}
         self.handled = 0
         self.sent = 0
         # Called with the acknowledgement latency in seconds (for /metrics).
@@ -114,7 +120,10 @@ class Pipeline:
                     if tx.room_jobs_added:
                         self.job_workers.kick(JOBS)
             except Exception as exc:
-                if msg is None:
+                if msg is None or is_disk_fault(exc):
+                    # Not the message's fault: it stays pending and is handled once the
+                    # database can be written (telling the sender "nothing recorded" would
+                    # need a write too, and would drop a referral that can still be taken).
                     raise
                 # Rolled back: nothing half-done is stored. Tell the sender and move on so
                 # that one bad message cannot block the room.
@@ -168,9 +177,12 @@ class Pipeline:
             if meeting is None or referral is None:
                 room_id = None
             elif job.kind == "create_meeting":
-                room_id = meeting.room_id or await self.messenger.create_room(
-                    room_spec(meeting, referral, participants)
-                )
+                room_id = meeting.room_id or self._rooms_made.get(job.id)
+                if room_id is None:
+                    room_id = await self.messenger.create_room(
+                        room_spec(meeting, referral, participants)
+                    )
+                    self._rooms_made[job.id] = room_id
             elif meeting.room_id is None:
                 return False  # the room is not made yet: its job comes first
             elif job.kind == "invite" and job.user_id:
@@ -193,6 +205,7 @@ class Pipeline:
                 await room_created(tx, job.meeting_id, room_id, self.settings)
             await tx.room_job_done(job.id)
             rooms = tx.touched_rooms
+        self._rooms_made.pop(job.id, None)
         self.outbox_workers.kick_all(rooms)
         log.info("room job done: job=%d kind=%s room=%s", job.id, job.kind, room_id)
         return True

@@ -31,6 +31,7 @@ from typing import Any
 import aiosqlite
 from cryptography.exceptions import InvalidTag
 
+from bot.disk_faults import WriteFaults
 from bot.keyring import Keyring
 from bot.migrations import LATEST_VERSION, MIGRATIONS
 from handlers.ports import Incoming, OutgoingMessage
@@ -38,6 +39,8 @@ from handlers.ports import Incoming, OutgoingMessage
 # A value encrypted with the database key, so that a wrong key is refused at start rather
 # than on the first referral.
 KEY_CHECK = "database_key_check"
+# A kv row written and emptied to test for free space (bot/disk_faults.py).
+SPACE_PROBE = "space_probe"
 KEY_CHECK_TEXT = "referral-bot database key check"
 # Set by migration step 3: rows written before field encryption still have to be sealed.
 SEAL_FLAG = "legacy_rows_to_seal"
@@ -1472,6 +1475,9 @@ class Store:
         self.clock = _now
         self._reader: aiosqlite.Connection | None = None
         self._read_lock = asyncio.Lock()
+        # Whether writes are being refused (disk full, I/O error, read-only): see
+        # bot/disk_faults.py.
+        self.faults = WriteFaults(self._space_probe)
 
     @classmethod
     async def open(cls, path: Path, keyring: Keyring, *, exclusive: bool = True) -> Store:
@@ -1542,7 +1548,16 @@ class Store:
         async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
             await cur.fetchall()
 
+    async def _space_probe(self) -> None:
+        """A write that needs fresh space (64 KB), then gives it back: succeeds only when
+        the database can grow again."""
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "0" * 65536)
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "")
+
     async def close(self) -> None:
+        await self.faults.close()
         async with self._read_lock:
             if self._reader is not None:
                 await self._reader.close()
@@ -1602,11 +1617,20 @@ class Store:
                 # still queued it on the connection, and must not leave it open.
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield Tx(self._db, self.clock(), self.keyring)
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
                     await self._db.execute("ROLLBACK")
+                self.faults.note(exc)
                 raise
-            await self._db.execute("COMMIT")
+            try:
+                await self._db.execute("COMMIT")
+            except Exception as exc:
+                # A COMMIT refused for want of disk may leave the transaction open: close it,
+                # or every later BEGIN fails too.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                self.faults.note(exc)
+                raise
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[Tx]:

@@ -38,6 +38,7 @@ from nio import (
     SyncResponse,
 )
 
+from bot.disk_faults import is_disk_fault
 from bot.events import to_inbox_item
 from bot.pipeline import Pipeline
 from bot.store import InboxItem, Store
@@ -132,8 +133,14 @@ class SyncLoop:
                 raise
             except Exception as exc:
                 self.failures += 1
-                log.warning("sync failed (%s); retrying in %.0f s", _describe(exc), delay)
-                await asyncio.sleep(delay)
+                if is_disk_fault(exc):
+                    # The batch was not stored and the token did not move: the same sync
+                    # is repeated once the database can be written (store.faults logs it,
+                    # once a minute), or after the back-off.
+                    await self.store.faults.wait_writable(delay)
+                else:
+                    log.warning("sync failed (%s); retrying in %.0f s", _describe(exc), delay)
+                    await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             delay = MIN_BACKOFF_S
@@ -175,6 +182,9 @@ class SyncLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the token has moved on: the sync itself succeeded
+            if is_disk_fault(exc):
+                self._maybe_undecrypted = True  # tried again on a later sync
+                return str(resp.next_batch)
             log.warning("retrying undecrypted events failed (%s)", _describe(exc))
         return str(resp.next_batch)
 
