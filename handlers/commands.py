@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.store import Tx
-from handlers import corrections, meetings, views, workflow
+from handlers import corrections, flood, meetings, views, workflow
 from handlers.admin import reload_command
 from handlers.intake import take_referral
 from handlers.notify import reply
@@ -200,4 +200,9 @@ def _refuse_unencrypted(settings: Settings) -> Doc:
 
 
 async def _reply(tx: Tx, msg: Incoming, purpose: str, doc: Doc, sensitive: bool) -> None:
+    if purpose in flood.RATIONED:  # no echo storm for a flood of chatter (handlers/flood.py)
+        rationed = await flood.ration(tx, msg, doc)
+        if rationed is None:
+            return
+        doc = rationed
     await reply(tx, msg, purpose, doc, sensitive=sensitive)
