@@ -25,6 +25,7 @@ import os
 import random
 import secrets
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -43,6 +44,7 @@ from bench.ack_latency import (
     _round,
     machine,
 )
+from bench.ack_stages import STAGES, stages
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
 from bot.devserver import DevSynapse
@@ -77,18 +79,22 @@ class FloodPhase:
     flood_seconds: float = 0.0
     flooder_answers: int = 0
     cpu_s: dict[str, float] = field(default_factory=dict)
+    # [event ID, wall-clock time of the send, latency in ms] per referral (bench.ack_stages)
+    samples: list[tuple[str, float, float]] = field(default_factory=list)
+    # referral-bot only: median ms of each stage (bench.ack_stages.STAGES)
+    stages_ms: dict[str, float] = field(default_factory=dict)
 
 
 async def _referrals(
     user: ChatUser, room: str, n: int, interval: float, rng: random.Random
-) -> list[tuple[str, float]]:
-    sent: list[tuple[str, float]] = []
-    for i in range(n):
-        t0 = time.monotonic()
+) -> list[tuple[str, float, float]]:
+    """(event ID, monotonic and wall-clock time the send started) per referral."""
+    sent: list[tuple[str, float, float]] = []
+    for _ in range(n):
+        t0, wall = time.monotonic(), time.time()
         body = fake_referral(rng.randrange(10**6), rng, datetime.now(UTC))
-        sent.append((await user.send(room, body), t0))
+        sent.append((await user.send(room, body), t0, wall))
         await asyncio.sleep(max(0.0, t0 + interval - time.monotonic()))
-        del i
     return sent
 
 
@@ -124,16 +130,18 @@ async def run_phase(
     if flood_task is not None:
         flood_ids, flood_s = await flood_task
     latencies: list[float] = []
+    samples: list[tuple[str, float, float]] = []
     answered = 0
-    for event_id, t0 in sent:
+    for event_id, t0, wall in sent:
         try:
             answer = await referrer.wait_reply(event_id, timeout=ANSWER_TIMEOUT_S)
         except TimeoutError:
             continue
         answered += 1
         latencies.append(round((answer.at - t0) * 1000, 1))
+        samples.append((event_id, wall, latencies[-1]))
     await asyncio.sleep(opts.drain if flood else 1.0)  # late answers and duplicates show now
-    ids = {e for e, _ in sent}
+    ids = {e for e, _, _ in sent}
     replies = [r for r in referrer.received if r.sender == target_user and r.in_reply_to in ids]
     flood_set = set(flood_ids)
     flooder_answers = sum(
@@ -154,6 +162,7 @@ async def run_phase(
         flood_seconds=round(flood_s, 2),
         flooder_answers=flooder_answers,
         cpu_s={name: round(_cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()},
+        samples=samples,
     )
 
 
@@ -208,10 +217,22 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
                     referrer, r_room, flooder, f_room, name, user_id, opts, flood, rng, pids
                 )
                 results["phases"].append(asdict(phase))
-                summary = {k: v for k, v in asdict(phase).items() if k != "latencies_ms"}
+                summary = {
+                    k: v for k, v in asdict(phase).items() if k not in ("latencies_ms", "samples")
+                }
                 print(json.dumps(summary), flush=True)
         results["bot_exit_code"] = await bot.stop()
         bot = None
+        # Where each acknowledgement's time went, from the bot's own timestamps.
+        db_path = world.config.storage.data_dir / "referrals.db"
+        for phase in results["phases"]:
+            if phase["target"] != "referral-bot":
+                continue
+            rows = stages({"phases": [{**phase, "rate": 0}]}, db_path)
+            phase["stages_ms"] = {
+                s: round(statistics.median(r[s] for r in rows), 1) for s in STAGES if rows
+            }
+            print(phase["target"], "flood" if phase["flood"] else "quiet", phase["stages_ms"])
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
