@@ -1,6 +1,6 @@
 """A flood from one sender against another sender's acknowledgements.
 
-    python -m bench.flood --flood 300 --referrals 10 --interval 0.5
+    python -m bench.flood --flood 300 --referrals 10 --interval 0.5 --rounds 2
 
 Starts its own local Synapse (127.0.0.1), referral-bot as an operator runs it (its own
 process) and the baseline echo bot (`bench/echo_bot.py`, which answers every message).
@@ -13,7 +13,8 @@ DM with each bot: the *flooder* and the *referrer*. For each bot (echo first) tw
 
 For each referral: the time from starting the send to the referrer's client holding the
 decrypted answer. For the flooder: how many answers it got, counted `--drain` seconds
-after its last message. Every referral must be answered exactly once.
+after its last message. Every referral must be answered exactly once. With `--rounds 2`
+the four phases run again in reverse order (A B B A), and the summary pools the rounds.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class FloodOptions:
     referrals: int = 10
     interval: float = 0.5
     drain: float = 8.0
+    rounds: int = 1
     out: Path | None = None
     keep: bool = False
 
@@ -166,6 +168,32 @@ async def run_phase(
     )
 
 
+def _summary(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """All rounds together, per bot and quiet / flooded."""
+    rows = []
+    for target in ("echo", "referral-bot"):
+        for flood in (False, True):
+            mine = [p for p in phases if p["target"] == target and p["flood"] == flood]
+            latencies = [v for p in mine for v in p["latencies_ms"]]
+            rows.append(
+                {
+                    "target": target,
+                    "flood": flood,
+                    "referrals_sent": sum(p["referrals_sent"] for p in mine),
+                    "referrals_answered": sum(p["referrals_answered"] for p in mine),
+                    "duplicates": sum(p["duplicates"] for p in mine),
+                    "p50_ms": _round(_pct(latencies, 50)),
+                    "p95_ms": _round(_pct(latencies, 95)),
+                    "p99_ms": _round(_pct(latencies, 99)),
+                    "max_ms": _round(max(latencies) if latencies else None),
+                    "flood_sent": sum(p["flood_sent"] for p in mine),
+                    "flooder_answers": [p["flooder_answers"] for p in mine],
+                    "synapse_cpu_s": round(sum(p["cpu_s"].get("synapse", 0) for p in mine), 1),
+                }
+            )
+    return rows
+
+
 async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="referral-bot-flood-"))
     own_hs = hs is None
@@ -210,17 +238,22 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
             "referral-bot": bot.proc.pid if bot.proc else None,
             "echo": echo.proc.pid if echo.proc else None,
         }
-        for name, user_id in (("echo", echo.user_id), ("referral-bot", world.bot_user)):
-            r_room, f_room = rooms[name]
-            for flood in (False, True):
+        users = {"echo": echo.user_id, "referral-bot": world.bot_user}
+        order = [(name, flood) for name in users for flood in (False, True)]
+        for n in range(opts.rounds):
+            # A B B A ...: load from other users of the machine falls on all phases alike.
+            for name, flood in order if n % 2 == 0 else order[::-1]:
+                r_room, f_room = rooms[name]
                 phase = await run_phase(
-                    referrer, r_room, flooder, f_room, name, user_id, opts, flood, rng, pids
+                    referrer, r_room, flooder, f_room, name, users[name], opts, flood, rng, pids
                 )
-                results["phases"].append(asdict(phase))
+                results["phases"].append({"round": n + 1, **asdict(phase)})
                 summary = {
                     k: v for k, v in asdict(phase).items() if k not in ("latencies_ms", "samples")
                 }
                 print(json.dumps(summary), flush=True)
+        results["summary"] = _summary(results["phases"])
+        print(json.dumps(results["summary"], indent=2), flush=True)
         results["bot_exit_code"] = await bot.stop()
         bot = None
         # Where each acknowledgement's time went, from the bot's own timestamps.
@@ -233,6 +266,17 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
                 s: round(statistics.median(r[s] for r in rows), 1) for s in STAGES if rows
             }
             print(phase["target"], "flood" if phase["flood"] else "quiet", phase["stages_ms"])
+        for row in results["summary"]:
+            if row["target"] == "referral-bot":
+                rows = [
+                    r
+                    for phase in results["phases"]
+                    if phase["target"] == row["target"] and phase["flood"] == row["flood"]
+                    for r in stages({"phases": [{**phase, "rate": 0}]}, db_path)
+                ]
+                row["stages_p50_ms"] = {
+                    s: round(statistics.median(r[s] for r in rows), 1) for s in STAGES if rows
+                }
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
@@ -255,6 +299,7 @@ def main() -> None:
     parser.add_argument("--referrals", type=int, default=10, help="referrals per phase")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between referrals")
     parser.add_argument("--drain", type=float, default=8.0, help="seconds to wait for answers")
+    parser.add_argument("--rounds", type=int, default=1, help="A B B A ... rounds of 4 phases")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     args = parser.parse_args()
@@ -263,6 +308,7 @@ def main() -> None:
         referrals=args.referrals,
         interval=args.interval,
         drain=args.drain,
+        rounds=args.rounds,
         out=args.out,
         keep=args.keep,
     )
