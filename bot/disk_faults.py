@@ -141,8 +141,8 @@ class WriteFaults:
                 await self._probe()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
-                if not self.note(exc):
+            except Exception as exc:  # a disk fault was noted by the probe's transaction
+                if fault_reason(exc) is None:
                     log.warning("disk probe failed: %s", type(exc).__name__)
                 continue
             log.warning(
@@ -158,9 +158,10 @@ class WriteFaults:
                     await callback()
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # note() starts a new watcher if it is a fault
-                    if not self.note(exc):
+                except Exception as exc:  # a new fault starts a new watcher (note())
+                    if fault_reason(exc) is None:
                         log.error("catching up failed: %s", type(exc).__name__)
+            return
 
     async def close(self) -> None:
         task, self._watcher = self._watcher, None

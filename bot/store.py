@@ -39,9 +39,9 @@ from handlers.ports import Incoming, OutgoingMessage
 # A value encrypted with the database key, so that a wrong key is refused at start rather
 # than on the first referral.
 KEY_CHECK = "database_key_check"
+KEY_CHECK_TEXT = "referral-bot database key check"
 # A kv row written and emptied to test for free space (bot/disk_faults.py).
 SPACE_PROBE = "space_probe"
-KEY_CHECK_TEXT = "referral-bot database key check"
 # Set by migration step 3: rows written before field encryption still have to be sealed.
 SEAL_FLAG = "legacy_rows_to_seal"
 SYSTEM_ACTOR = "referral-bot"
