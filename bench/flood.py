@@ -213,7 +213,11 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
     rng = random.Random(6)
     try:
         world = await make_world(
-            hs, base / "world", bot_name=f"referral-bot-{tag}", log_level="WARNING"
+            hs,
+            base / "world",
+            bot_name=f"referral-bot-{tag}",
+            worker_name=f"advice-worker-{tag}",
+            log_level="WARNING",
         )
         port = _free_port()
         world.configure(http_listen=f"127.0.0.1:{port}")
