@@ -75,7 +75,7 @@ async def ration(tx: Tx, msg: Incoming, doc: Doc) -> Doc | None:
                 0,
                 Para(
                     f"I did not answer your {n} message{'s' if n != 1 else ''} before this one: "
-                    "they were not commands, so nothing from them was recorded."
+                    "they were not commands I know, so nothing from them was recorded."
                 ),
             )
         if tokens < 1:
