@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from bot.pipeline import Pipeline
 from bot.sync_loop import SyncLoop
+from storage.disk_faults import fault_reason
 from storage.engine import Store
 from storage.metrics import OpsCounts
 
@@ -171,6 +172,10 @@ class OpsServer:
             return "sync loop stopped"
         if app.store is None:
             return "database not open"
+        if app.store.faults.reason is not None:
+            # A write was refused (disk full, I/O error, read-only): until a write that needs
+            # fresh space succeeds again (storage/disk_faults.py), whatever a probe here says.
+            return f"database not writable ({app.store.faults.reason})"
         # The probe is never cancelled half-way (that could leave a transaction open): a
         # slow one keeps running and the next request waits on the same one.
         if self._probe is None or self._probe.done():
@@ -180,7 +185,7 @@ class OpsServer:
         except TimeoutError:
             return "database busy for more than 2 s"
         except Exception as exc:
-            return f"database not writable ({type(exc).__name__})"
+            return f"database not writable ({fault_reason(exc) or type(exc).__name__})"
         return None
 
     async def _write_probe(self) -> None:

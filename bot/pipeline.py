@@ -41,6 +41,7 @@ from handlers.settings import CurrentSettings, Settings
 from schemas.messages import OutboxRow
 from schemas.records import RoomJob
 from storage.base import Committed
+from storage.disk_faults import is_disk_fault
 from storage.engine import Store
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,21 @@ class Pipeline:
         self.current = CurrentSettings.of(settings)
         self.messenger = messenger
         self.reloader: Reloader | None = None
-        self.inbox_workers = RoomWorkers("inbox", self._handle_room)
-        self.outbox_workers = RoomWorkers("outbox", self._deliver_room)
+        # A write the database refuses (disk full) leaves the work where it is: each
+        # worker waits for writing to work again (storage/disk_faults.py), then goes on.
+        self.inbox_workers = RoomWorkers("inbox", self._handle_room, store.faults)
+        self.outbox_workers = RoomWorkers("outbox", self._deliver_room, store.faults)
         # Room creation and invites: one queue, in order.
-        self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs)
+        self.job_workers = RoomWorkers("room-jobs", self._run_room_jobs, store.faults)
         # Files to download and store, one worker per room (bot/attachments.py); None
         # until `use_media` is called: files then wait in their queue.
         self.attachments: AttachmentFetcher | None = None
-        self.attachment_workers = RoomWorkers("attachments", self._fetch_room)
+        self.attachment_workers = RoomWorkers("attachments", self._fetch_room, store.faults)
         # Every committed transaction, whoever ran it, starts the workers for what it left.
         store.on_commit = self._committed
+        store.faults.on_recovered.append(self.resume)
+        # Rooms made for a job whose own write then failed: a retry must not make another.
+        self._rooms_made: dict[int, str] = {}
         self.handled = 0
         self.sent = 0
         # Messages given up because the homeserver refused them for good (for /metrics).
@@ -177,7 +183,10 @@ class Pipeline:
                     await handle_message(tx, msg, self.settings, reloader=self.reloader)
                     await tx.mark_handled(msg.seq)
             except Exception as exc:
-                if msg is None:
+                if msg is None or is_disk_fault(exc):
+                    # Not the message's fault: it stays pending and is handled once the
+                    # database can be written (telling the sender "nothing recorded" would
+                    # need a write too, and would drop a referral that can still be taken).
                     raise
                 # Rolled back: nothing half-done is stored. Tell the sender and move on so
                 # that one bad message cannot block the room.
@@ -256,9 +265,12 @@ class Pipeline:
             if meeting is None or referral is None:
                 room_id = None
             elif job.kind == "create_meeting":
-                room_id = meeting.room_id or await self.messenger.create_room(
-                    room_spec(meeting, referral, participants)
-                )
+                room_id = meeting.room_id or self._rooms_made.get(job.id)
+                if room_id is None:
+                    room_id = await self.messenger.create_room(
+                        room_spec(meeting, referral, participants)
+                    )
+                    self._rooms_made[job.id] = room_id
             elif meeting.room_id is None:
                 return False  # the room is not made yet: its job comes first
             elif job.kind == "invite" and job.user_id:
@@ -280,6 +292,7 @@ class Pipeline:
             if job.kind == "create_meeting" and room_id and meeting and meeting.room_id is None:
                 await room_created(tx, job.meeting_id, room_id, self.settings)
             await tx.room_job_done(job.id)
+        self._rooms_made.pop(job.id, None)
         log.info("room job done: job=%d kind=%s room=%s", job.id, job.kind, room_id)
         return True
 

@@ -11,6 +11,7 @@ import logging
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
 from handlers.meeting_record import chase_actions
+from storage.disk_faults import is_disk_fault
 
 log = logging.getLogger(__name__)
 
@@ -37,5 +38,8 @@ async def run_deadline_clock(pipeline: Pipeline) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.error("deadline check failed: %s", type(exc).__name__)
+            # Disk full: nothing was queued; store.faults says so once a minute, and the
+            # next tick after that queues whatever is due.
+            if not is_disk_fault(exc):
+                log.error("deadline check failed: %s", type(exc).__name__)
         await asyncio.sleep(pipeline.settings.deadlines.check_interval_seconds)

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from handlers import admin, attachments, corrections, meetings, views, workflow
+from handlers import admin, attachments, corrections, flood, meetings, views, workflow
 from handlers.context import Call, Handler, Refusal, in_team_place
 from handlers.intake import phone_referral, refer
 from handlers.meeting_record import on_membership
@@ -356,5 +356,10 @@ async def _run(handler: Handler, call: Call) -> None:
 
 
 async def _reply(tx: Tx, msg: Incoming, purpose: Purpose, text: str) -> None:
-    """A short reply that carries no referral details."""
-    await reply(tx, msg, purpose, Doc().para(text), sensitive=False)
+    """A short reply that carries no referral details; answers to chatter and unknown
+    commands are rationed per sender (no echo storm for a flood: handlers/flood.py)."""
+    doc: Doc | None = Doc().para(text)
+    if purpose in flood.RATIONED and doc is not None:
+        doc = await flood.ration(tx, msg, doc)
+    if doc is not None:
+        await reply(tx, msg, purpose, doc, sensitive=False)

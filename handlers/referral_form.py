@@ -372,6 +372,12 @@ def _match_label(line: str) -> tuple[FieldSpec, str] | None:
     return spec, rest
 
 
+def form_fields_in(body: str) -> int:
+    """How many lines of `body` start a referral form field ("Child name: ..."): a message
+    with several is someone's referral, whatever its first line says."""
+    return sum(1 for line in body.splitlines()[:200] if _match_label(line) is not None)
+
+
 def _clean_line(line: str) -> str:
     line = _LINE_CONTROL_RE.sub("", line)
     return _SURROGATE_RE.sub("\ufffd", line)

@@ -27,9 +27,10 @@ import aiosqlite
 from cryptography.exceptions import InvalidTag
 
 from storage.base import Committed
+from storage.disk_faults import WriteFaults
 from storage.fields import utc_now
 from storage.keyring import Keyring
-from storage.kv import KEY_CHECK, KEY_CHECK_TEXT
+from storage.kv import KEY_CHECK, KEY_CHECK_TEXT, SPACE_PROBE
 from storage.migrations import LATEST_VERSION, MIGRATIONS
 from storage.tx import Tx
 
@@ -66,6 +67,9 @@ class Store:
         # (set once by the pipeline): nobody hands rooms on by hand. Read-only views and
         # rolled-back transactions never call it.
         self.on_commit: Callable[[Committed], None] | None = None
+        # Whether writes are being refused (disk full, I/O error, read-only): see
+        # storage/disk_faults.py.
+        self.faults = WriteFaults(self._space_probe)
 
     @classmethod
     async def open(cls, path: Path, keyring: Keyring, *, exclusive: bool = True) -> Store:
@@ -136,7 +140,16 @@ class Store:
         async with self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)") as cur:
             await cur.fetchall()
 
+    async def _space_probe(self) -> None:
+        """A write that needs fresh space (64 KB), then gives it back: succeeds only when
+        the database can grow again."""
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "0" * 65536)
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "")
+
     async def close(self) -> None:
+        await self.faults.close()
         async with self._read_lock:
             if self._reader is not None:
                 await self._reader.close()
@@ -197,11 +210,20 @@ class Store:
                 # still queued it on the connection, and must not leave it open.
                 await self._db.execute("BEGIN IMMEDIATE")
                 yield tx
-            except BaseException:
+            except BaseException as exc:
                 with contextlib.suppress(sqlite3.OperationalError):  # BEGIN itself failed
                     await self._db.execute("ROLLBACK")
+                self.faults.note(exc)
                 raise
-            await self._db.execute("COMMIT")
+            try:
+                await self._db.execute("COMMIT")
+            except Exception as exc:
+                # A COMMIT refused for want of disk may leave the transaction open: close it,
+                # or every later BEGIN fails too.
+                with contextlib.suppress(sqlite3.Error):
+                    await self._db.execute("ROLLBACK")
+                self.faults.note(exc)
+                raise
         self._committed(tx.committed())
 
     def _committed(self, done: Committed) -> None:
