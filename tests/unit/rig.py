@@ -10,10 +10,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bot.world import CONFIG_TEMPLATE
 from storage.engine import Store
 from storage.keyring import Keyring
 from tests.keys import KEYRING, TEST_KEY
-from tests.unit.harness import DM, NURSE, START, TEAM_ROOM, Rig, rig_at
+from tests.unit.harness import BOT, DM, MANAGER, NURSE, START, TEAM_ROOM, WORKER, Rig, rig_at
 
 __all__ = [
     "DM",
@@ -33,37 +34,26 @@ __all__ = [
 
 TEAM = TEAM_ROOM
 
-CONFIG = """\
-[homeserver]
-url = "http://127.0.0.1:1"
-
-[bot]
-user_id = "@bot:example.org"
-password = {{ file = "secrets/bot-password" }}
-
-[storage]
-data_dir = "data"
-store_key = {{ file = "secrets/store-key" }}
-database_key = {{ file = "secrets/database-key" }}
-
-[access]
-allowed_homeservers = ["example.org"]
-
-[rooms]
-advice_team = "{team}"
-{extra}
-"""
-
 
 def write_config(base: Path, *, key: str = TEST_KEY, extra: str = "") -> Path:
-    """A config whose data_dir is `base/data`, as the maintenance commands read it."""
+    """A config whose data_dir is `base/data`, as the maintenance commands read it (the
+    template `bot/world.py` writes for a whole local set-up), with `extra` sections."""
     secrets = base / "secrets"
     secrets.mkdir(parents=True, exist_ok=True)
     (secrets / "bot-password").write_text("unused-password")
     (secrets / "store-key").write_text("store-key-" + "s" * 32)
     (secrets / "database-key").write_text(key)
     path = base / "config.toml"
-    path.write_text(CONFIG.format(team=TEAM, extra=extra), encoding="utf-8")
+    config = CONFIG_TEMPLATE.format(
+        url="http://127.0.0.1:1",
+        bot_user=BOT,
+        server_name="example.org",
+        team_room=TEAM,
+        worker=WORKER,
+        manager=MANAGER,
+        log_level="WARNING",
+    )
+    path.write_text(f"{config}\n{extra}", encoding="utf-8")
     return path
 
 
