@@ -36,9 +36,10 @@ from typing import Any
 
 from nio.crypto.attachments import encrypt_attachment
 
-from bench.ack_latency import BotProcess, _cpu_seconds, _free_port, _round, machine
+from bench.ack_latency import _cpu_seconds, _round, machine
 from bench.seed_db import fake_referral
 from bot.chat_user import Received
+from bot.devprocess import BotProcess, free_port
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 
@@ -93,12 +94,12 @@ async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) ->
             worker_name=f"advice-worker-{tag}",
             log_level="WARNING",
         )
-        port = _free_port()
+        port = free_port()
         world.configure(http_listen=f"127.0.0.1:{port}")
         with world.config_path.open("a", encoding="utf-8") as fh:
             limit = max(size + 1024, 20 * 1024 * 1024)
             fh.write(f"\n[attachments]\nmax_bytes = {limit}\nmax_per_referral = 200\n")
-        bot = BotProcess(world.config_path, port, base / "referral-bot.log")
+        bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
         await bot.start()
         await bot.wait_healthy()
         nurse = await world.add_user(f"attach-nurse-{tag}")

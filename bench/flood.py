@@ -36,10 +36,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.ack_latency import (
-    BotProcess,
     EchoProcess,
     _cpu_seconds,
-    _free_port,
     _open_dms,
     _pct,
     _round,
@@ -48,6 +46,7 @@ from bench.ack_latency import (
 from bench.ack_stages import STAGES, stages
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
+from bot.devprocess import BotProcess, free_port
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 
@@ -219,11 +218,11 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
             worker_name=f"advice-worker-{tag}",
             log_level="WARNING",
         )
-        port = _free_port()
+        port = free_port()
         world.configure(http_listen=f"127.0.0.1:{port}")
         await world.worker.stop()  # not part of the measurement (see bench.ack_latency)
         world.users.remove(world.worker)
-        bot = BotProcess(world.config_path, port, base / "referral-bot.log")
+        bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
         await bot.start()
         await bot.wait_healthy()
         await echo.start()

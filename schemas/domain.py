@@ -1,9 +1,10 @@
 """The words of the domain as types: a referral's state and outcome, what an outgoing
 message is for, and what a running-record entry records.
 
-Each value is exactly the string stored in the database, so using these changes nothing
-that is stored; they only let the code say which strings it means (and mypy check it).
-Storage and handlers both use them; this module imports nothing of the project.
+Each value is exactly the string stored in the database (except an outcome, stored by its
+key: see `Outcome`), so using these changes nothing that is stored; they only let the code
+say which strings it means (and mypy check it). Storage and handlers both use them; this
+module imports nothing of the project.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ OPEN_STATES = (State.RECEIVED, State.CLAIMED)
 
 
 class Outcome(StrEnum):
-    """A decision (`referrals.outcome`). Stored as its display text, as it always was:
-    storing the key instead would need a migration of the stored rows and the chained
-    running-record entries that quote it."""
+    """A decision. The value is the display text; `referrals.outcome` stores the key
+    (`assessment`, `early-help` …; migration 14 rewrote older rows), so the wording can
+    change without touching stored rows. Running-record entries (`decided`) quote the
+    display text of their day and are never rewritten: they are hash-chained history."""
 
     ASSESSMENT = "proceed to child and family assessment"
     STRATEGY = "strategy discussion (section 47)"

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from schemas.domain import Outcome
+
 OPEN_STATES = ("received", "claimed")
 
 
@@ -29,7 +31,7 @@ class Referral:
     form: dict[str, Any]
     claimed_by: str | None = None
     rag: str | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
     decided_by: str | None = None
     decided_at: datetime | None = None
     pending_reclassification: dict[str, Any] | None = None

@@ -333,6 +333,22 @@ MIGRATIONS: list[tuple[int, str]] = [
             WHERE sent_event_id IS NOT NULL;
         """,
     ),
+    (
+        14,
+        """
+        -- An outcome is stored by its key (issue 11), as `!decide` takes it, not by its
+        -- display text: the wording can then change without touching stored rows. Only
+        -- this column: the running record's `decided` entries keep the text they were
+        -- chained with. The texts are those of schemas/domain.py `Outcome` before this step.
+        UPDATE referrals SET outcome = CASE outcome
+            WHEN 'proceed to child and family assessment' THEN 'assessment'
+            WHEN 'strategy discussion (section 47)' THEN 'strategy'
+            WHEN 'early help' THEN 'early-help'
+            WHEN 'no further action, with advice/signposting' THEN 'nfa'
+            ELSE outcome END
+        WHERE outcome IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

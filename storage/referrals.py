@@ -9,6 +9,7 @@ from typing import Any
 
 import aiosqlite
 
+from schemas.domain import OUTCOME_BY_KEY, Outcome
 from schemas.records import Referral
 from storage.base import TxBase
 from storage.fields import child_key_of, ctx_form, ctx_pending, dumps, iso, parse_dt
@@ -35,7 +36,7 @@ def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
         form=json.loads(keyring.decrypt(row["form"], ctx_form(row["event_id"]))),
         claimed_by=row["claimed_by"],
         rag=row["rag"],
-        outcome=row["outcome"],
+        outcome=OUTCOME_BY_KEY[row["outcome"]] if row["outcome"] else None,
         decided_by=row["decided_by"],
         decided_at=parse_dt(row["decided_at"]),
         pending_reclassification=json.loads(pending) if pending else None,
@@ -214,11 +215,12 @@ class ReferralStore(TxBase):
             (rag, iso(due), referral_id),
         )
 
-    async def decide(self, referral_id: int, outcome: str, by: str) -> None:
+    async def decide(self, referral_id: int, outcome: Outcome, by: str) -> None:
+        """Stored by the outcome's key (the display text may be reworded)."""
         await self._db.execute(
             "UPDATE referrals SET state = 'decided', outcome = ?, decided_by = ?, decided_at = ?"
             " WHERE id = ?",
-            (outcome, by, iso(self.now), referral_id),
+            (outcome.key, by, iso(self.now), referral_id),
         )
 
     async def set_current_type(self, referral_id: int, new_type: str) -> None:

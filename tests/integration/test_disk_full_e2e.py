@@ -16,13 +16,13 @@ from collections import Counter
 import aiohttp
 import pytest
 
+from bot.devserver import free_port
 from bot.world import World
 from storage import disk_faults
 from tests.disk import free_space, limit_pages
 from tests.forms import referral
 from tests.integration.botproc import poll_until
 from tests.integration.live import db_rows, running, team_summaries
-from tests.integration.test_operations import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -107,7 +107,7 @@ async def test_disk_full_during_a_burst_loses_nothing_and_acknowledges_nothing_u
         f"all {BURST} acknowledged once after space returned"
     )
     assert all(counts[e] == 1 for e in [first, *burst]), counts
-    refs = [r for (r,) in db_rows(world, "SELECT ref FROM referrals ORDER BY ref")]
+    refs = [str(r) for (r,) in db_rows(world, "SELECT ref FROM referrals ORDER BY ref")]
     assert refs == [f"REF-{refs[0][4:8]}-{n:06d}" for n in range(1, BURST + 2)]
     assert db_rows(world, "SELECT COUNT(*) FROM inbox WHERE state = 'pending'") == [(0,)]
     assert db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]

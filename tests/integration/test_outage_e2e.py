@@ -77,7 +77,8 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
             lambda: len(acked(nurse, world.bot_user, set(before))) >= 3, 30, "3 acknowledgements"
         )
         await hs.kill()  # SIGKILL: requests in flight get no answer
-        unsent_at_crash = db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")[0][0]
+        [(unsent_at_crash,)] = db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+        assert isinstance(unsent_at_crash, int)
         syncs_at_crash = app.sync.syncs
 
         async def queued_in_client() -> list[str]:

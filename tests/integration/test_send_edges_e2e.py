@@ -30,7 +30,9 @@ PROMPT_S = 10.0
 
 
 def ref_of(text: str) -> str:
-    return re.findall(r"REF-\d{4}-\d{6}", text)[0]
+    found = re.search(r"REF-\d{4}-\d{6}", text)
+    assert found, text
+    return found.group()
 
 
 def relation(r: Received) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import pytest
 
 import bot.pipeline
 from handlers import flood
+from handlers.commands import handle_message
 from handlers.ports import Incoming
 from schemas.messages import InboxItem
 from tests.forms import referral
@@ -85,7 +86,7 @@ async def test_a_flooded_room_does_not_hold_up_another(
     """Room workers share one database connection; its lock is first come, first served,
     so another room's message waits for at most a transaction or two of the flood."""
     order: list[str] = []
-    handle = bot.pipeline.handle_message
+    handle = handle_message  # the function the pipeline calls
 
     async def observed(tx: object, msg: Incoming, *args: object, **kw: object) -> None:
         order.append(msg.event_id)

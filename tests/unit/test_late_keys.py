@@ -49,7 +49,9 @@ async def _key_arrives(h: Harness, seq: int, body: str) -> None:
 def _ref_of(h: Harness, event_id: str) -> str:
     acks = [m for m in h.replies_to(event_id) if m.thread_root == event_id]
     assert len(acks) == 1, [m.body for m in h.replies_to(event_id)]
-    return re.findall(r"REF-\d{4}-\d{6}", acks[0].body)[0]
+    found = re.search(r"REF-\d{4}-\d{6}", acks[0].body)
+    assert found, acks[0].body
+    return found.group()
 
 
 async def _record_texts(h: Harness, ref: str) -> list[tuple[str, dict[str, object]]]:
