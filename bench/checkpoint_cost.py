@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bot.checkpoints import Anchor, check_database
+from bot.checkpoint_verify import check_database
+from bot.checkpoints import Anchor
 from storage.engine import Store
 from storage.keyring import Keyring
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
-from bot.checkpoints import Anchor, check_appendable, run_checkpoints
+from bot.checkpoint_file import check_appendable
+from bot.checkpoints import Anchor, run_checkpoints
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer

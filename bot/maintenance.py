@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.checkpoints import AnchorReport, append_purged, append_rekeyed, check_database
+from bot.checkpoint_verify import AnchorReport, check_database
+from bot.checkpoints import append_purged, append_rekeyed
 from schemas.config import Config, ConfigError
 from storage.engine import Store
 from storage.integrity import ChainReport

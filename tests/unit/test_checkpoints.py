@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.checkpoints import Anchor, Line, check_appendable
+from bot.checkpoint_file import Line, check_appendable
+from bot.checkpoints import Anchor
 from bot.maintenance import purge
 from schemas.config import ConfigError, load_config
 from storage.keyring import Keyring
