@@ -18,16 +18,20 @@ from typing import Any
 from nio import (
     AsyncClient,
     AsyncClientConfig,
+    DownloadResponse,
     LoginResponse,
     MatrixRoom,
     MegolmEvent,
     RoomCreateResponse,
+    RoomEncryptedFile,
+    RoomEncryptedImage,
     RoomMessageNotice,
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
     UnknownToDeviceEvent,
 )
+from nio.crypto.attachments import decrypt_attachment
 from nio.event_builders import ToDeviceMessage
 from nio.store import SqliteStore
 
@@ -93,7 +97,14 @@ class ChatUser:
         if self.client.should_upload_keys:
             await self.client.keys_upload()
         self.client.add_event_callback(
-            self._on_event, (RoomMessageText, RoomMessageNotice, MegolmEvent)
+            self._on_event,
+            (
+                RoomMessageText,
+                RoomMessageNotice,
+                RoomEncryptedImage,
+                RoomEncryptedFile,
+                MegolmEvent,
+            ),
         )
         self.client.add_to_device_callback(self._on_to_device, UnknownToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
@@ -151,6 +162,17 @@ class ChatUser:
 
     async def wait_reply(self, event_id: str, timeout: float = 20.0) -> Received:
         return (await self.wait_for(lambda r: r.in_reply_to == event_id, timeout))[0]
+
+    async def download_file(self, received: Received) -> bytes:
+        """Download an encrypted file event's upload (authenticated media) and decrypt it;
+        nio checks the SHA-256 from the event."""
+        info = received.content["file"]
+        resp = await self.client.download(mxc=info["url"])
+        if not isinstance(resp, DownloadResponse):
+            raise RuntimeError(f"download failed: {resp}")
+        return bytes(
+            decrypt_attachment(resp.body, info["key"]["k"], info["hashes"]["sha256"], info["iv"])
+        )
 
     async def create_room(
         self,

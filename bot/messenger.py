@@ -27,10 +27,13 @@ from nio import (
     RoomSendError,
     RoomSendResponse,
     RoomVisibility,
+    UploadResponse,
 )
+from nio.crypto.attachments import encrypt_attachment
 
 from bot.device_trust import DeviceTrust
 from handlers.ports import OutgoingMessage, RoomSpec, SendRefused, SendRejected
+from schemas.messages import OutgoingFile
 
 ENCRYPTION = {
     "type": "m.room.encryption",
@@ -147,6 +150,8 @@ class MatrixMessenger:
             raise SendRejected("not-in-room")
         if message.sensitive and (message.plaintext or not room.encrypted):
             raise SendRefused("room is not end-to-end encrypted")
+        if message.file is not None and (message.plaintext or not room.encrypted):
+            raise SendRefused("files are only sent end-to-end encrypted")
         if message.plaintext:
             return await self._send_plaintext(message, txn_id)
         if room.encrypted:
@@ -160,10 +165,13 @@ class MatrixMessenger:
                 ):
                     await self._client.share_group_session(room.room_id)
         latest = self._latest.get(message.thread_root) if message.thread_root else None
+        content = matrix_content(message, latest)
+        if message.file is not None:
+            content = await self._file_content(message.file, content)
         resp = await self._client.room_send(
             message.room_id,
             "m.room.message",
-            matrix_content(message, latest),
+            content,
             tx_id=txn_id,
             ignore_unverified_devices=False,
         )
@@ -178,6 +186,58 @@ class MatrixMessenger:
         if rejected is not None:
             raise rejected
         raise SendFailed(f"{status} {resp.status_code or 'no-errcode'}")
+
+    async def send_file(
+        self,
+        room_id: str,
+        data: bytes,
+        name: str,
+        mimetype: str,
+        reply_to: str | None,
+        txn_id: str,
+    ) -> str:
+        """Send `data` as an end-to-end encrypted file (m.image for images, else m.file)
+        and return the event's ID. Refused in a room that is not encrypted."""
+        message = OutgoingMessage(
+            room_id, name, "", reply_to=reply_to, file=OutgoingFile.of(data, name, mimetype)
+        )
+        return await self.send(message, txn_id)
+
+    async def _file_content(self, file: OutgoingFile, notice: dict[str, Any]) -> dict[str, Any]:
+        """The content of an encrypted file event: a fresh key for every send (so a
+        retry uploads a new ciphertext; the event itself keeps its transaction ID), the
+        ciphertext uploaded, and the key, IV and SHA-256 only inside the encrypted event."""
+        data = file.data
+        ciphertext, keys = encrypt_attachment(data)
+        resp, _ = await self._client.upload(
+            lambda *_: ciphertext,
+            content_type="application/octet-stream",
+            filesize=len(ciphertext),
+        )
+        if not isinstance(resp, UploadResponse):
+            status = getattr(getattr(resp, "transport_response", None), "status", None)
+            errcode = getattr(resp, "status_code", None)
+            rejected = classify_refusal(status if isinstance(status, int) else None, errcode)
+            if rejected is not None:
+                raise rejected
+            raise SendFailed(f"upload failed: {status} {errcode or 'no-errcode'}")
+        info: dict[str, Any] = {"mimetype": file.mimetype, "size": len(data)}
+        if file.width is not None and file.height is not None:
+            info.update(w=file.width, h=file.height)
+        content = {
+            "msgtype": "m.image" if file.mimetype.startswith("image/") else "m.file",
+            "body": notice["body"],
+            "filename": file.name,
+            "info": info,
+            "file": {**keys, "url": resp.content_uri, "mimetype": file.mimetype},
+            "m.mentions": notice["m.mentions"],
+        }
+        if "m.relates_to" in notice:
+            content["m.relates_to"] = notice["m.relates_to"]
+        if notice["body"] != file.name:  # a caption (MSC2530), with its HTML
+            content["format"] = notice["format"]
+            content["formatted_body"] = notice["formatted_body"]
+        return content
 
     async def create_room(self, spec: RoomSpec) -> str:
         """An encrypted, invite-only room, no guests, not in the directory. The bot keeps

@@ -21,7 +21,16 @@ from schemas.config import Config, ConfigError, load_config
 log = logging.getLogger(__name__)
 
 RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms")
-RELOADED = ("intake", "agencies", "deadlines", "pattern", "disagreement", "meetings", "logging")
+RELOADED = (
+    "intake",
+    "agencies",
+    "deadlines",
+    "pattern",
+    "disagreement",
+    "meetings",
+    "reports",
+    "logging",
+)
 ROLES = ("advice_team", "managers", "admins")
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from handlers import corrections, meetings, views, workflow
+from handlers import corrections, meetings, reports, views, workflow
 from handlers.admin import reload_command
 from handlers.intake import take_referral
 from handlers.notify import reply
@@ -43,6 +43,7 @@ TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!link REF-… REF-…", "count two records as the same child (!unlink to undo)"),
     ("!chronology REF-…", "the referral and its chronology for the case record"),
     ("!strategy REF-… [when]", "set up an encrypted strategy meeting room; you chair it"),
+    ("!report [week|month|quarter|FROM TO]", "the front door's figures and chart (team room)"),
     ("!verify-match @user SESSION", "after phoning them: their session shows my emoji"),
     ("!verify-reject @user SESSION", "their session shows other emoji: cancel"),
 )
@@ -65,6 +66,7 @@ TEAM_COMMANDS: dict[str, tuple[Handler, bool]] = {
     "!unlink": (workflow.unlink, False),
     "!chronology": (views.chronology, False),
     "!strategy": (meetings.strategy, False),
+    "!report": (reports.report_command, False),
 }
 
 

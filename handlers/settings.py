@@ -15,6 +15,7 @@ from schemas.config import (
     DisagreementConfig,
     MeetingsConfig,
     PatternConfig,
+    ReportsConfig,
 )
 
 
@@ -37,6 +38,7 @@ class Settings:
         default_factory=lambda: MeetingsConfig(required_agencies=[], must_account_for=[])
     )
     allowed_homeservers: frozenset[str] = frozenset({"example.org"})
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     @classmethod
     def from_config(cls, config: Config, advice_team_room: str) -> Settings:
@@ -56,6 +58,7 @@ class Settings:
             disagreement=config.disagreement,
             meetings=config.meetings,
             allowed_homeservers=frozenset(config.access.allowed_homeservers),
+            reports=config.reports,
         )
 
     def is_allowed(self, user_id: str) -> bool:

@@ -6,6 +6,7 @@ knows about matrix-nio or SQL.
 
 from __future__ import annotations
 
+import base64
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -42,6 +43,28 @@ class Incoming:
 
 
 @dataclass(frozen=True)
+class OutgoingFile:
+    """A file the message carries (a report's chart): the messenger encrypts it with a
+    fresh key, uploads the ciphertext and sends an `m.image` / `m.file` event for it, with
+    the message's body as its caption. The bytes live only in the outbox's content, which
+    is encrypted at rest like every outgoing message (storage/outbox.py)."""
+
+    name: str
+    mimetype: str
+    data_b64: str
+    width: int | None = None
+    height: int | None = None
+
+    @property
+    def data(self) -> bytes:
+        return base64.b64decode(self.data_b64)
+
+    @classmethod
+    def of(cls, data: bytes, name: str, mimetype: str, **size: int) -> OutgoingFile:
+        return cls(name, mimetype, base64.b64encode(data).decode("ascii"), **size)
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A notice to send. `reply_to` makes it a reply; `thread_root` puts it in a thread."""
 
@@ -60,6 +83,8 @@ class OutgoingMessage:
     # Goes out at once even when messages of its kind are being gathered into one
     # (the advice-team summary of an immediate-danger referral).
     urgent: bool = False
+    # Sent as an encrypted file (m.image/m.file) instead of a notice; never in plain text.
+    file: OutgoingFile | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,6 +93,8 @@ class OutgoingMessage:
     def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
         data = dict(data)
         data["mentions"] = tuple(data.get("mentions", ()))
+        if data.get("file") is not None:
+            data["file"] = OutgoingFile(**data["file"])
         return cls(**data)
 
 

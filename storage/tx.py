@@ -14,6 +14,7 @@ from storage.metrics import MetricsStore
 from storage.outbox import OutboxStore
 from storage.record import RecordStore
 from storage.referrals import ReferralStore
+from storage.reports import ReportStore
 from storage.retention import RetentionStore
 
 
@@ -27,5 +28,6 @@ class Tx(
     InboxStore,
     ReferralStore,
     MeetingStore,
+    ReportStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
