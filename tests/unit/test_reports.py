@@ -489,3 +489,30 @@ def test_weekly_at_is_checked() -> None:
     for bad in ("mon 09:00", "monday", "monday 24:00", "monday 09:60", "every day 09:00"):
         with pytest.raises(pydantic.ValidationError, match="day of the week"):
             ReportsConfig(weekly_at=bad)
+
+
+def test_report_benchmark_runs(tmp_path: Path) -> None:
+    """A small run of bench/report_build.py, so that the command keeps working."""
+    import json
+    import subprocess
+    import sys
+
+    from bench.seed_db import seed
+    from tests.keys import TEST_KEY
+
+    key = tmp_path / "key"
+    key.write_text(TEST_KEY)
+    db = tmp_path / "referrals.db"
+    asyncio.run(seed(db, 300, KEYRING, batch=300))
+    command = [sys.executable, "-m", "bench.report_build", "--db", str(db)]
+    command += ["--key-file", str(key), "--runs", "1", "--out", str(tmp_path / "run.json")]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    [run] = json.loads((tmp_path / "run.json").read_text())["runs"]
+    assert run["received"] > 0 and run["png_bytes"] > 1000, done.stdout
+    assert run["build_s"] > 0 and run["peak_extra_mb"] > 0
