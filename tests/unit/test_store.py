@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from storage.engine import Store, _split_sql
-from storage.migrations import LATEST_VERSION
+from storage.migrations import LATEST_VERSION, MIGRATIONS
 from tests.keys import KEYRING
 
 
@@ -116,7 +116,8 @@ async def _store_at(path: Path, version: int) -> Store:
 
 async def test_each_step_applies_once_in_order(tmp_path: Path) -> None:
     path = tmp_path / "steps.db"
-    for version in range(1, LATEST_VERSION + 1):
+    # The numbers in MIGRATIONS (a gap between branches' steps is closed at merge).
+    for version, _ in MIGRATIONS:
         store = await _store_at(path, version)
         assert await store.schema_version() == version
         await store.close()
