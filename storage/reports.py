@@ -83,7 +83,8 @@ class ReportStore(TxBase):
                 middle = [float(r[0]) for r in await cur.fetchall()]
             median = sum(middle) / len(middle)
         outcomes = await self._count_by(
-            "SELECT outcome, COUNT(*) FROM referrals INDEXED BY referrals_report_decided"
+            "SELECT COALESCE(outcome, 'not recorded'), COUNT(*)"
+            " FROM referrals INDEXED BY referrals_report_decided"
             " WHERE decided_at >= ? AND decided_at < ? GROUP BY outcome",
             (lo_s, hi_s),
         )
