@@ -229,7 +229,7 @@ class MatrixMessenger:
             "body": notice["body"],
             "filename": file.name,
             "info": info,
-            "file": {**keys, "url": resp.content_uri, "mimetype": file.mimetype},
+            "file": {**keys, "url": resp.content_uri},
             "m.mentions": notice["m.mentions"],
         }
         if "m.relates_to" in notice:
