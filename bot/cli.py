@@ -207,6 +207,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(keep=args.keep))
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from bot.maintenance import report
+
+    return _maintenance(args, lambda config: report(config, args.start, args.end, args.out))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="referral-bot",
@@ -256,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--failed", action="store_true", help="list them (no message text)")
     what.add_argument("--retry", type=int, metavar="ID", help="put message ID back in its queue")
     p.set_defaults(func=cmd_outbox)
+    p = sub.add_parser(
+        "report", help="write the front door's figures for a period as a PNG chart and a CSV"
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("-o", "--out", type=Path, default=Path("."), help="folder (default: here)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

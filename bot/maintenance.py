@@ -335,3 +335,44 @@ async def outbox_retry(config: Config, outbox_id: int) -> Outcome:
         f"{config.deadlines.check_interval_seconds} s; a stopped one when it starts."
     )
     return out
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+async def report(config: Config, start: str, end: str, out_dir: Path) -> Outcome:
+    """Write the front door's figures for `start` to `end` (YYYY-MM-DD, Europe/London,
+    inclusive) as a PNG chart and a CSV: counts only. Reads a snapshot, so it may run
+    beside the bot."""
+    from handlers.reports import LONDON, build_report, parse_period, report_csv
+    from handlers.settings import Settings
+
+    out = Outcome()
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.snapshot() as tx:
+            try:
+                period = parse_period(f"{start} {end}", tx.now.astimezone(LONDON).date())
+            except ValueError as exc:
+                out.code = 2
+                out.say(str(exc).split(" Use !report")[0])
+                return out
+            built = await build_report(
+                tx, Settings.from_config(config, config.rooms.advice_team), period
+            )
+    finally:
+        await store.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / built.file_name
+    csv_path = png.with_suffix(".csv")
+    png.write_bytes(built.png)
+    csv_path.write_text(report_csv(built), encoding="utf-8")
+    f = built.figures
+    out.say(str(png))
+    out.say(str(csv_path))
+    out.say(
+        f"{period.title()}: {f.received} received, {f.decided} decided, "
+        f"{f.open_now} open now ({f.overdue_now} overdue)"
+    )
+    return out

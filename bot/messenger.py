@@ -18,6 +18,7 @@ import os
 import re
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlparse
 
@@ -183,44 +184,10 @@ class MatrixMessenger:
         return event_id
 
     async def send_media(self, message: OutgoingMessage, txn_id: str, file: OutgoingFile) -> str:
-        """Encrypt the file with a fresh key (AES-CTR, as Matrix clients expect), upload
-        the ciphertext, and send the encrypted media event. The upload carries no file
-        name: the homeserver sees only an opaque blob; the name is in the encrypted event."""
-        room = self._client.rooms.get(message.room_id)
-        if room is None:
-            raise SendRejected("not-in-room")
-        if not room.encrypted:
-            raise SendRefused("room is not end-to-end encrypted")
-        ciphertext, keys = await asyncio.to_thread(encrypt_for_matrix, file.data)
-        resp, _ = await self._client.upload(
-            lambda _got_429, _got_timeouts: ciphertext,
-            content_type="application/octet-stream",
-            filesize=len(ciphertext),
-        )
-        if not isinstance(resp, UploadResponse):
-            transport = getattr(resp, "transport_response", None)
-            status = getattr(transport, "status", None)
-            code = getattr(resp, "status_code", None)
-            rejected = classify_refusal(status if isinstance(status, int) else None, code)
-            if rejected is not None:
-                raise rejected
-            raise SendFailed(f"upload failed: {status} {code or 'no-errcode'}")
-        content = matrix_content(message)
-        for key in ("format", "formatted_body", "m.mentions"):
-            content.pop(key, None)
-        content.update(
-            {
-                "msgtype": "m.image" if file.mimetype.startswith("image/") else "m.file",
-                "body": file.name,
-                "filename": file.name,
-                "info": {"mimetype": file.mimetype, "size": len(file.data)},
-                "file": {"v": "v2", "url": resp.content_uri, **keys},
-            }
-        )
-        event_id = await self._send(message, txn_id, content)
-        if message.thread_root is not None:
-            self.note_thread_event(message.thread_root, event_id)
-        return event_id
+        """Send a stored file: encrypted with a fresh key, uploaded as an opaque blob (no
+        file name: that is only in the encrypted event), sent as the media event that
+        `message` describes (its room and relations)."""
+        return await self.send(replace(message, file=file), txn_id)
 
     async def fetch_media(self, url: str, max_bytes: int) -> bytes | bytearray:
         """Download through the authenticated media API (`/_matrix/client/v1/media`, the
@@ -259,9 +226,7 @@ class MatrixMessenger:
                 data += chunk
         return data
 
-    async def _send(
-        self, message: OutgoingMessage, txn_id: str, content: dict[str, Any] | None = None
-    ) -> str:
+    async def _send(self, message: OutgoingMessage, txn_id: str) -> str:
         room = self._client.rooms.get(message.room_id)
         if room is None:
             # nio keeps every room the bot was ever in (even after a kick) once the first
@@ -269,6 +234,8 @@ class MatrixMessenger:
             raise SendRejected("not-in-room")
         if message.sensitive and (message.plaintext or not room.encrypted):
             raise SendRefused("room is not end-to-end encrypted")
+        if message.file is not None and (message.plaintext or not room.encrypted):
+            raise SendRefused("files are only sent end-to-end encrypted")
         if message.plaintext:
             return await self._send_plaintext(message, txn_id)
         if room.encrypted:
@@ -282,10 +249,13 @@ class MatrixMessenger:
                 ):
                     await self._client.share_group_session(room.room_id)
         latest = self._latest.get(message.thread_root) if message.thread_root else None
+        content = matrix_content(message, latest)
+        if message.file is not None:
+            content = await self._file_content(message.file, content)
         resp = await self._client.room_send(
             message.room_id,
             "m.room.message",
-            content if content is not None else matrix_content(message, latest),
+            content,
             tx_id=txn_id,
             ignore_unverified_devices=False,
         )
@@ -300,6 +270,58 @@ class MatrixMessenger:
         if rejected is not None:
             raise rejected
         raise SendFailed(f"{status} {resp.status_code or 'no-errcode'}")
+
+    async def send_file(
+        self,
+        room_id: str,
+        data: bytes,
+        name: str,
+        mimetype: str,
+        reply_to: str | None,
+        txn_id: str,
+    ) -> str:
+        """Send `data` as an end-to-end encrypted file (m.image for images, else m.file)
+        and return the event's ID. Refused in a room that is not encrypted."""
+        message = OutgoingMessage(
+            room_id, name, "", reply_to=reply_to, file=OutgoingFile.of(data, name, mimetype)
+        )
+        return await self.send(message, txn_id)
+
+    async def _file_content(self, file: OutgoingFile, notice: dict[str, Any]) -> dict[str, Any]:
+        """The content of an encrypted file event: a fresh key for every send (so a
+        retry uploads a new ciphertext; the event itself keeps its transaction ID), the
+        ciphertext uploaded, and the key, IV and SHA-256 only inside the encrypted event."""
+        data = file.data
+        ciphertext, keys = await asyncio.to_thread(encrypt_for_matrix, data)
+        resp, _ = await self._client.upload(
+            lambda *_: ciphertext,
+            content_type="application/octet-stream",
+            filesize=len(ciphertext),
+        )
+        if not isinstance(resp, UploadResponse):
+            status = getattr(getattr(resp, "transport_response", None), "status", None)
+            errcode = getattr(resp, "status_code", None)
+            rejected = classify_refusal(status if isinstance(status, int) else None, errcode)
+            if rejected is not None:
+                raise rejected
+            raise SendFailed(f"upload failed: {status} {errcode or 'no-errcode'}")
+        info: dict[str, Any] = {"mimetype": file.mimetype, "size": len(data)}
+        if file.width is not None and file.height is not None:
+            info.update(w=file.width, h=file.height)
+        content = {
+            "msgtype": "m.image" if file.mimetype.startswith("image/") else "m.file",
+            "body": notice["body"],
+            "filename": file.name,
+            "info": info,
+            "file": {"v": "v2", "url": resp.content_uri, **keys},
+            "m.mentions": notice["m.mentions"],
+        }
+        if "m.relates_to" in notice:
+            content["m.relates_to"] = notice["m.relates_to"]
+        if notice["body"] != file.name:  # a caption (MSC2530), with its HTML
+            content["format"] = notice["format"]
+            content["formatted_body"] = notice["formatted_body"]
+        return content
 
     async def create_room(self, spec: RoomSpec) -> str:
         """An encrypted, invite-only room, no guests, not in the directory. The bot keeps

@@ -29,6 +29,7 @@ RELOADED = (
     "pattern",
     "disagreement",
     "meetings",
+    "reports",
     "logging",
 )
 ROLES = ("advice_team", "managers", "admins")

@@ -11,6 +11,7 @@ import logging
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
 from handlers.meeting_record import chase_actions
+from handlers.reports import weekly_report_due
 from storage.disk_faults import is_disk_fault
 
 log = logging.getLogger(__name__)
@@ -26,9 +27,22 @@ async def tick(pipeline: Pipeline) -> int:
         queued += await chase_actions(tx, pipeline.settings)
         unsent = await tx.rooms_with_unsent()
     pipeline.outbox_workers.kick_all(unsent)
+    await _weekly_report(pipeline)
     if queued:
         log.info("deadline reminders queued: %d", queued)
     return queued
+
+
+async def _weekly_report(pipeline: Pipeline) -> None:
+    """The weekly report, in a transaction of its own: a failure here never holds up the
+    deadline reminders above (it is tried again on the next tick)."""
+    try:
+        async with pipeline.store.transaction() as tx:
+            await weekly_report_due(tx, pipeline.settings)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.error("weekly report failed: %s", type(exc).__name__)
 
 
 async def run_deadline_clock(pipeline: Pipeline) -> None:

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from handlers import admin, attachments, corrections, flood, meetings, views, workflow
+from handlers import admin, attachments, corrections, flood, meetings, reports, views, workflow
 from handlers.context import Call, Handler, Refusal, in_team_place
 from handlers.intake import phone_referral, refer
 from handlers.meeting_record import on_membership
@@ -161,6 +161,8 @@ COMMANDS: dict[str, Command] = {c.word: c for c in (
             _team("REF-…", "the referral and its chronology for the case record")),
     Command("!strategy", meetings.strategy,
             _team("REF-… [when]", "set up an encrypted strategy meeting room; you chair it")),
+    Command("!report", reports.report_command, _team(
+        "[week|month|quarter|FROM TO]", "the front door's figures and chart (team room)")),
     Command("!reload", admin.reload,
             Form("", "re-read the configuration file (roles, deadlines…) now", _ADMINS, _PLACE)),
     Command("!attendance", _M(meetings.attendance), after_close=True, form=_meeting(

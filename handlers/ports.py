@@ -12,6 +12,7 @@ from typing import Protocol
 
 # Defined with the stored messages (schemas/messages.py); re-exported as the port's values.
 from schemas.messages import Incoming as Incoming
+from schemas.messages import OutgoingFile as OutgoingFile
 from schemas.messages import OutgoingMessage as OutgoingMessage
 
 
@@ -53,15 +54,6 @@ class Messenger(Protocol):
     async def invite(self, room_id: str, user_id: str) -> None: ...
 
     async def set_moderator(self, room_id: str, user_id: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class OutgoingFile:
-    """A stored file to send (its plaintext; the shell encrypts it with a fresh key)."""
-
-    name: str
-    mimetype: str
-    data: bytes
 
 
 class MediaTransfer(Protocol):

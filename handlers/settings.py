@@ -18,6 +18,7 @@ from schemas.config import (
     DisagreementConfig,
     MeetingsConfig,
     PatternConfig,
+    ReportsConfig,
     on_allowed_server,
 )
 
@@ -43,6 +44,7 @@ class Settings:
     )
     allowed_homeservers: frozenset[str] = frozenset({"example.org"})
     attachments: AttachmentsConfig = field(default_factory=AttachmentsConfig)
+    reports: ReportsConfig = field(default_factory=ReportsConfig)
 
     @classmethod
     def from_config(cls, config: Config, advice_team_room: str) -> Settings:
@@ -64,6 +66,7 @@ class Settings:
             meetings=config.meetings,
             allowed_homeservers=frozenset(config.access.allowed_homeservers),
             attachments=config.attachments,
+            reports=config.reports,
         )
 
     def is_allowed(self, user_id: str) -> bool:

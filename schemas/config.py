@@ -307,6 +307,41 @@ class IntegrityConfig(_Strict):
         return v
 
 
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKLY_AT_RE = re.compile(r"^([a-z]+)\s+([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class ReportsConfig(_Strict):
+    """The weekly report to the advice-team room (issue 14): off unless `weekly_at` is set."""
+
+    weekly_at: str | None = Field(
+        default=None,
+        description="day and time, Europe/London, e.g. 'monday 09:00'; the report covers "
+        "the last complete week (Monday to Sunday)",
+    )
+
+    @field_validator("weekly_at")
+    @classmethod
+    def _weekly_at(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        match = WEEKLY_AT_RE.match(v.strip().lower())
+        if match is None or match.group(1) not in WEEKDAYS:
+            raise ValueError(
+                "give a day of the week and a 24-hour time, e.g. 'monday 09:00' (Europe/London)"
+            )
+        return f"{match.group(1)} {int(match.group(2)):02d}:{match.group(3)}"
+
+    @property
+    def weekly(self) -> tuple[int, int, int] | None:
+        """(weekday, hour, minute) with Monday 0, or None when off."""
+        if self.weekly_at is None:
+            return None
+        day, clock = self.weekly_at.split()
+        hour, minute = clock.split(":")
+        return WEEKDAYS.index(day), int(hour), int(minute)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "json": one JSON object per line (ts, level, logger, message, and the IDs it names).
@@ -371,6 +406,7 @@ class Config(_Strict):
     meetings: MeetingsConfig = MeetingsConfig()
     retention: RetentionConfig = RetentionConfig()
     trust: TrustConfig = TrustConfig()
+    reports: ReportsConfig = ReportsConfig()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig | None = None
     integrity: IntegrityConfig = IntegrityConfig()

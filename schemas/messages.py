@@ -6,7 +6,8 @@ knows about matrix-nio or SQL.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import base64
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -55,6 +56,46 @@ class Incoming:
 
 
 @dataclass(frozen=True)
+class OutgoingFile:
+    """A file to send as an end-to-end encrypted `m.image` / `m.file` event: the messenger
+    encrypts it with a fresh key, uploads the ciphertext and sends the event, with the
+    message's body as its caption when it differs from the file name.
+
+    A report's chart travels inside the outbox's content (encrypted at rest like every
+    outgoing message, storage/outbox.py); a stored attachment never does: its bytes are
+    read and put here only at send time (bot/pipeline.py)."""
+
+    name: str
+    mimetype: str
+    data: bytes
+    width: int | None = None
+    height: int | None = None
+
+    @classmethod
+    def of(cls, data: bytes, name: str, mimetype: str, **size: int) -> OutgoingFile:
+        return cls(name, mimetype, bytes(data), **size)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "mimetype": self.mimetype,
+            "data_b64": base64.b64encode(self.data).decode("ascii"),
+            "width": self.width,
+            "height": self.height,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> OutgoingFile:
+        return cls(
+            data["name"],
+            data["mimetype"],
+            base64.b64decode(data["data_b64"]),
+            data.get("width"),
+            data.get("height"),
+        )
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A notice to send. `reply_to` makes it a reply; `thread_root` puts it in a thread."""
 
@@ -77,14 +118,20 @@ class OutgoingMessage:
     # `body` being its file name; the bytes are read, encrypted with a fresh key and
     # uploaded at send time, never kept in the outbox.
     attachment: int | None = None
+    # Sent as an encrypted file (m.image/m.file) instead of a notice; never in plain text.
+    file: OutgoingFile | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(replace(self, file=None))
+        data["file"] = None if self.file is None else self.file.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
         data = dict(data)
         data["mentions"] = tuple(data.get("mentions", ()))
+        if data.get("file") is not None:
+            data["file"] = OutgoingFile.from_json(data["file"])
         return cls(**data)
 
 

@@ -334,6 +334,20 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
+        13,
+        """
+        -- Reports (issue 14, part 3): the figures for a period are counted from these
+        -- indexes alone, never from the table rows (which hold the encrypted forms): what
+        -- was received in the period, what was decided in it, and earlier records about
+        -- the same child (keyed hash) in the 12 months before each.
+        CREATE INDEX referrals_report_received ON referrals
+            (received_at, current_type, declared_type, agency, child_key);
+        CREATE INDEX referrals_report_decided ON referrals
+            (decided_at, received_at, decision_due, outcome);
+        CREATE INDEX referrals_report_child ON referrals (child_key, received_at);
+        """,
+    ),
+    (
         14,
         """
         -- An outcome is stored by its key (issue 11), as `!decide` takes it, not by its

@@ -16,6 +16,7 @@ from storage.metrics import MetricsStore
 from storage.outbox import OutboxStore
 from storage.record import RecordStore
 from storage.referrals import ReferralStore
+from storage.reports import ReportStore
 from storage.retention import RetentionStore
 
 
@@ -31,5 +32,6 @@ class Tx(
     MeetingStore,
     CheckpointStore,
     AttachmentStore,
+    ReportStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
