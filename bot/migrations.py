@@ -246,6 +246,38 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX referrals_open_due ON referrals (state, decision_due);
         """,
     ),
+    (
+        11,
+        """
+        -- Guided referrals (issue 12): the draft of a referral answered one question at a
+        -- time, stored after every answer. One per practitioner per room. `state` is
+        -- AES-GCM ciphertext bound to the row (room, user, the event that started it);
+        -- times are clear so the clock can expire drafts and remind without decrypting.
+        CREATE TABLE drafts (
+            id          INTEGER PRIMARY KEY,
+            room_id     TEXT    NOT NULL,
+            user_id     TEXT    NOT NULL,
+            started_by  TEXT    NOT NULL,
+            state       TEXT    NOT NULL,
+            created_at  TEXT    NOT NULL,
+            updated_at  TEXT    NOT NULL,
+            expires_at  TEXT    NOT NULL,
+            remind_at   TEXT,
+            UNIQUE (room_id, user_id)
+        );
+        CREATE INDEX drafts_expiry ON drafts (expires_at);
+        CREATE INDEX drafts_reminder ON drafts (remind_at) WHERE remind_at IS NOT NULL;
+
+        -- A referrer's own details (name, role, agency, phone), kept after a guided
+        -- referral and offered next time; `!me forget` deletes them. Encrypted, bound to
+        -- the user.
+        CREATE TABLE saved_referrers (
+            user_id  TEXT PRIMARY KEY,
+            details  TEXT NOT NULL,
+            saved_at TEXT NOT NULL
+        );
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

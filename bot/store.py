@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidTag
 
 from bot.keyring import Keyring
 from bot.migrations import LATEST_VERSION, MIGRATIONS
+from bot.store_drafts import DraftStore
 from handlers.ports import Incoming, OutgoingMessage
 
 # A value encrypted with the database key, so that a wrong key is refused at start rather
@@ -323,7 +324,7 @@ def _referral(row: aiosqlite.Row, keyring: Keyring) -> Referral:
     )
 
 
-class Tx:
+class Tx(DraftStore):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""
 
     def __init__(self, db: aiosqlite.Connection, now: datetime, keyring: Keyring) -> None:
@@ -423,6 +424,8 @@ class Tx:
             edit_of=payload.get("edit_of"),
             command=bool(payload.get("command", False)),
             redacts=payload.get("redacts"),
+            poll_of=payload.get("poll_of"),
+            poll_answers=tuple(str(a) for a in payload.get("poll_answers", ())),
         )
 
     async def rooms_with_pending(self) -> list[str]:
@@ -1199,6 +1202,7 @@ class Tx:
             )
             counts["inbox"] += 1
         counts["workflow"] = await self._reencrypt_workflow(old, new)
+        counts["guided"] = await self._reencrypt_guided(old, new)
         await self.set_kv(KEY_CHECK, new.encrypt(KEY_CHECK_TEXT, KEY_CHECK))
         return counts
 

@@ -10,6 +10,7 @@ import logging
 
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
+from handlers.guided import check_drafts
 from handlers.meetings import chase_actions
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ async def tick(pipeline: Pipeline) -> int:
     async with pipeline.store.transaction() as tx:
         queued = await check_deadlines(tx, pipeline.settings)
         queued += await chase_actions(tx, pipeline.settings)
+        queued += await check_drafts(tx, pipeline.settings)
         rooms = tx.touched_rooms
     pipeline.outbox_workers.kick_all(rooms)
     if queued:

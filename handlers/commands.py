@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from bot.store import Tx
-from handlers import corrections, meetings, views, workflow
+from handlers import corrections, guided, meetings, views, workflow
 from handlers.admin import reload_command
 from handlers.intake import take_referral
 from handlers.notify import reply
@@ -20,7 +20,9 @@ log = logging.getLogger(__name__)
 HELP: tuple[tuple[str, str], ...] = (
     ("!help", "this list"),
     ("!refer template", "the blank referral form, every field explained"),
-    ("!refer", "send a referral: !refer on the first line, then one 'Field: value' per line"),
+    ("!refer", "on its own: a referral one question at a time (tap or type each answer)"),
+    ("!refer + fields", "a typed referral: !refer on the first line, then 'Field: value' lines"),
+    ("!me", "your details kept for your next referral; !me forget deletes them"),
     ("!status REF-…", "where your referral is now (referrers see only their own)"),
     ("!amend REF-… text", "add a correction to your referral (the referral as sent is kept)"),
     ("!verify [SESSION]", "verify one of your sessions (devices) with me, by comparing emoji"),
@@ -39,6 +41,7 @@ TEAM_HELP: tuple[tuple[str, str], ...] = (
     ("!reclassify REF-… contact|child-protection reason", "change the classification"),
     ("!confirm REF-…", "managers: confirm a downgrade to contact"),
     ("!phone-referral", "log a telephone referral: same form as !refer, caller's details"),
+    ("!phone-referral (alone)", "the same, one question at a time"),
     ("!written REF-… note", "the written follow-up of a telephone referral arrived"),
     ("!link REF-… REF-…", "count two records as the same child (!unlink to undo)"),
     ("!chronology REF-…", "the referral and its chronology for the case record"),
@@ -92,7 +95,11 @@ async def handle_message(
         await corrections.on_redaction(tx, msg, settings)
         return
     if msg.edit_of is not None:
-        await corrections.on_edit(tx, msg, settings)
+        if not await guided.on_edit(tx, msg, settings):
+            await corrections.on_edit(tx, msg, settings)
+        return
+    if msg.poll_of is not None:
+        await guided.on_poll_response(tx, msg, settings)
         return
     if msg.withheld:
         await _reply(tx, msg, "unencrypted", _refuse_unencrypted(settings), sensitive=False)
@@ -108,6 +115,8 @@ async def handle_message(
 
     word = command_word(msg.body)
     if word is None:
+        if await guided.on_message(tx, msg, settings):
+            return
         if msg.room_id != settings.advice_team_room:
             await _reply(tx, msg, "hint", Doc().para("I only act on commands. Send !help."), False)
         return
@@ -135,7 +144,9 @@ async def handle_message(
         )
         await _reply(tx, msg, "help", doc, sensitive=False)
     elif word == "!refer":
-        if args.lower() == "template":
+        if msg.private and not msg.body.strip()[len(word) :].strip():
+            await guided.start(tx, msg, settings)
+        elif args.lower() == "template":
             doc = Doc().para("Copy this, fill it in and send it back:").pre(referral_template())
             await _reply(tx, msg, "template", doc, sensitive=False)
         else:
@@ -147,8 +158,14 @@ async def handle_message(
     elif word == "!reload":
         await reload_command(tx, msg, settings, reloader)
     elif word == "!phone-referral":
-        if await _team_allowed(tx, msg, settings, word, managers_only=False):
+        if not await _team_allowed(tx, msg, settings, word, managers_only=False):
+            pass
+        elif msg.private and not msg.body.strip()[len(word) :].strip():
+            await guided.start(tx, msg, settings, phone=True)
+        else:
             await take_referral(tx, msg, settings, phone=True)
+    elif word == "!me":
+        await guided.me(tx, msg, settings, args)
     elif word in TEAM_COMMANDS:
         handler, managers_only = TEAM_COMMANDS[word]
         if await _team_allowed(tx, msg, settings, word, managers_only=managers_only):

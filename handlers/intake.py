@@ -36,8 +36,38 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         await _reply_problems(tx, msg, parsed.problems)
         log.info("referral form rejected: event=%s problems=%d", msg.event_id, len(parsed.problems))
         return
-    form = parsed.form
+    await record_referral(
+        tx,
+        settings,
+        parsed.form,
+        event_id=msg.event_id,
+        room_id=msg.room_id,
+        sender=msg.sender,
+        received=received,
+        phone=phone,
+    )
 
+
+async def record_referral(
+    tx: Tx,
+    settings: Settings,
+    form: ReferralForm,
+    *,
+    event_id: str,
+    room_id: str,
+    sender: str,
+    received: datetime,
+    phone: bool = False,
+    guided: bool = False,
+) -> str:
+    """Record a validated referral, acknowledge it and tell the team; its reference.
+
+    The one intake path: the typed form (`take_referral`) and the guided conversation
+    (handlers/guided.py) both end here, so the same form gets the same reference series,
+    acknowledgement, summary and running record. `event_id` is the event the referral
+    is recorded against and answered in the thread of (for a guided referral, the event
+    that said "send"); `guided` is noted in the running record.
+    """
     year = received.astimezone(LONDON).year
     year_seq = await tx.next_year_seq(year)
     ref = f"REF-{year}-{year_seq:06d}"
@@ -53,9 +83,9 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         ref=ref,
         year=year,
         year_seq=year_seq,
-        event_id=msg.event_id,
-        room_id=msg.room_id,
-        sender=msg.sender,
+        event_id=event_id,
+        room_id=room_id,
+        sender=sender,
         received_at=received,
         declared_type=form.referral_type.value,
         immediate_danger=form.immediate_danger,
@@ -66,21 +96,19 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         written_followup_due=followup_due,
         agency=form.referrer.agency,
     )
-    await tx.append_record(
-        referral_id,
-        msg.sender,
-        "received",
-        {
-            "event_id": msg.event_id,
-            "room_id": msg.room_id,
-            "channel": "phone" if phone else "matrix",
-            "declared_type": form.referral_type.value,
-            "declared_by": msg.sender,
-            "decision_due": due.isoformat(),
-            "rag": "red" if form.immediate_danger else None,
-        },
-    )
-    referral = await tx.referral_by_event(msg.event_id)
+    detail: dict[str, object] = {
+        "event_id": event_id,
+        "room_id": room_id,
+        "channel": "phone" if phone else "matrix",
+        "declared_type": form.referral_type.value,
+        "declared_by": sender,
+        "decision_due": due.isoformat(),
+        "rag": "red" if form.immediate_danger else None,
+    }
+    if guided:
+        detail["guided"] = True
+    await tx.append_record(referral_id, sender, "received", detail)
+    referral = await tx.referral_by_event(event_id)
     assert referral is not None
     pattern = find_pattern(await tx.referrals_of_child(referral), received, settings.pattern)
     if pattern is not None and pattern.triggered:
@@ -102,21 +130,20 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         )
     body, html = ack.render()
     await tx.enqueue(
-        OutgoingMessage(msg.room_id, body, html, reply_to=msg.event_id, thread_root=msg.event_id),
-        txn_id=txn_id_for(msg.event_id, "ack"),
+        OutgoingMessage(room_id, body, html, reply_to=event_id, thread_root=event_id),
+        txn_id=txn_id_for(event_id, "ack"),
         purpose="ack",
         referral_id=referral_id,
     )
     body, html = _team_summary(ref, form, received, due, pattern, phone).render()
     await tx.enqueue(
         OutgoingMessage(settings.advice_team_room, body, html, urgent=form.immediate_danger),
-        txn_id=txn_id_for(msg.event_id, "team_summary"),
+        txn_id=txn_id_for(event_id, "team_summary"),
         purpose="team_summary",
         referral_id=referral_id,
     )
-    log.info(
-        "referral recorded: ref=%s event=%s type=%s", ref, msg.event_id, form.referral_type.name
-    )
+    log.info("referral recorded: ref=%s event=%s type=%s", ref, event_id, form.referral_type.name)
+    return ref
 
 
 def _acknowledgement(

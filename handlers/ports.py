@@ -35,6 +35,31 @@ class Incoming:
     command: bool = False
     # A redaction (deletion) of this event.
     redacts: str | None = None
+    # A poll response (`org.matrix.msc3381.poll.response`): the poll's event ID and the
+    # IDs of the answers chosen (several for a poll that allows more than one).
+    poll_of: str | None = None
+    poll_answers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Poll:
+    """An MSC3381 poll to start (question and answers, each answer with a stable ID), or,
+    with `end_of`, the end of the poll sent as that event. The message's body is the
+    numbered text fallback for clients that do not show polls."""
+
+    question: str = ""
+    answers: tuple[tuple[str, str], ...] = ()  # (answer ID, text)
+    max_selections: int = 1
+    end_of: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Poll:
+        return cls(
+            question=str(data.get("question", "")),
+            answers=tuple((str(a), str(b)) for a, b in data.get("answers", ())),
+            max_selections=int(data.get("max_selections", 1)),
+            end_of=data.get("end_of"),
+        )
 
 
 @dataclass(frozen=True)
@@ -56,6 +81,8 @@ class OutgoingMessage:
     # Goes out at once even when messages of its kind are being gathered into one
     # (the advice-team summary of an immediate-danger referral).
     urgent: bool = False
+    # Sent as a poll (or the end of one) instead of a notice; see `Poll`.
+    poll: Poll | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,6 +91,8 @@ class OutgoingMessage:
     def from_json(cls, data: dict[str, Any]) -> OutgoingMessage:
         data = dict(data)
         data["mentions"] = tuple(data.get("mentions", ()))
+        if data.get("poll") is not None:
+            data["poll"] = Poll.from_json(data["poll"])
         return cls(**data)
 
 

@@ -26,6 +26,7 @@ class Settings:
     immediate_danger_minutes: int = 60
     max_message_bytes: int = 40_000
     team_summary_batch_seconds: float = 0.0
+    draft_hours: float = 24.0
     team: frozenset[str] = frozenset()
     managers: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
@@ -47,6 +48,7 @@ class Settings:
             immediate_danger_minutes=config.intake.immediate_danger_minutes,
             max_message_bytes=config.intake.max_message_bytes,
             team_summary_batch_seconds=config.intake.team_summary_batch_seconds,
+            draft_hours=config.intake.draft_hours,
             team=frozenset(config.team.advice_team),
             managers=frozenset(config.team.managers),
             admins=frozenset(config.team.admins),

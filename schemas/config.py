@@ -125,6 +125,13 @@ class IntakeConfig(_Strict):
             "waits); 0 sends each on its own"
         ),
     )
+    draft_hours: Annotated[float, Field(gt=0, le=720)] = Field(
+        default=24.0,
+        description=(
+            "a guided referral not answered for this many hours is deleted (one reminder "
+            "goes 2 hours before, or half-way for drafts kept under 4 hours)"
+        ),
+    )
 
 
 def _check_user_ids(ids: list[str]) -> list[str]:
