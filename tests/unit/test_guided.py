@@ -312,3 +312,47 @@ async def test_hello_offers_the_choices_and_a_worker_takes_a_call(tmp_path: Path
         assert await tx.saved_referrer(WORKER) is None, "a caller's details are not kept"
     assert stored is not None and stored.channel == "phone"
     assert stored.written_followup_due is not None
+
+
+def test_poll_events_to_and_from_matrix() -> None:
+    from nio import Event
+
+    from bot.events import to_inbox_item
+    from bot.messenger import matrix_event
+    from handlers.ports import Poll
+
+    content = {
+        "m.relates_to": {"rel_type": "m.reference", "event_id": "$poll"},
+        "org.matrix.msc3381.poll.response": {"answers": ["no"]},
+    }
+    event = Event.parse_decrypted_event(
+        {
+            "type": "org.matrix.msc3381.poll.response",
+            "event_id": "$tap",
+            "sender": NURSE,
+            "origin_server_ts": 1,
+            "content": content,
+        }
+    )
+    event.decrypted = True  # type: ignore[union-attr]
+    item = to_inbox_item(event, "!dm:example.org", True, "@bot:example.org", private=True)  # type: ignore[arg-type]
+    assert item is not None
+    assert item.payload == {"poll_of": "$poll", "poll_answers": ["no"], "private": True}
+    event.decrypted = False  # type: ignore[union-attr]
+    assert to_inbox_item(event, "!dm:example.org", True, "@bot:example.org") is None  # type: ignore[arg-type]
+
+    start = OutgoingMessage(
+        "!dm:example.org",
+        "Q\n1. Yes\n2. No",
+        "<p>Q</p>",
+        poll=Poll(question="Q?", answers=(("yes", "Yes"), ("no", "No"))),
+    )
+    kind, body = matrix_event(OutgoingMessage.from_json(start.to_json()))
+    assert kind == "org.matrix.msc3381.poll.start"
+    poll = body["org.matrix.msc3381.poll.start"]
+    assert poll["kind"] == "org.matrix.msc3381.poll.disclosed" and poll["max_selections"] == 1
+    assert poll["answers"][1] == {"id": "no", "org.matrix.msc1767.text": "No"}
+    assert body["org.matrix.msc1767.text"] == start.body, "the numbered text fallback"
+    kind, body = matrix_event(OutgoingMessage("!r", "closed", "", poll=Poll(end_of="$p")))
+    assert kind == "org.matrix.msc3381.poll.end"
+    assert body["m.relates_to"] == {"rel_type": "m.reference", "event_id": "$p"}
