@@ -356,3 +356,32 @@ def test_poll_events_to_and_from_matrix() -> None:
     kind, body = matrix_event(OutgoingMessage("!r", "closed", "", poll=Poll(end_of="$p")))
     assert kind == "org.matrix.msc3381.poll.end"
     assert body["m.relates_to"] == {"rel_type": "m.reference", "event_id": "$p"}
+
+
+async def test_drafts_and_kept_details_are_encrypted_at_rest_and_survive_rotation(
+    tmp_path: Path,
+) -> None:
+    from bot.keyring import Keyring
+    from bot.store import Store
+
+    h = await Harness.open(tmp_path / "db")
+    await answer_all(h)  # kept details: Sam Referrer
+    await h.send(NURSE, "!refer")
+    await h.send(NURSE, "no")
+    await h.send(NURSE, "Zebedee Secretchild")
+    db = h.store.path
+    raw = b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
+    assert b"Zebedee" not in raw and b"Sam Referrer" not in raw and b"01632" not in raw
+
+    new = Keyring("a-brand-new-database-key-" + "z" * 20)
+    async with h.store.transaction() as tx:
+        counts = await tx.reencrypt_all(KEYRING, new)
+    assert counts["guided"] == 2
+    await h.store.close()
+    store = await Store.open(db, new)
+    async with store.transaction() as tx:
+        draft = await tx.draft_of(h.dm(NURSE), NURSE)
+        saved = await tx.saved_referrer(NURSE)
+    await store.close()
+    assert draft is not None and draft.state["answers"]["child.full_name"] == "Zebedee Secretchild"
+    assert saved is not None and saved["referrer.name"] == "Sam Referrer"
