@@ -385,3 +385,53 @@ async def test_drafts_and_kept_details_are_encrypted_at_rest_and_survive_rotatio
     await store.close()
     assert draft is not None and draft.state["answers"]["child.full_name"] == "Zebedee Secretchild"
     assert saved is not None and saved["referrer.name"] == "Sam Referrer"
+
+
+async def test_any_answer_gets_a_reply_and_never_breaks_the_draft(tmp_path: Path) -> None:
+    """Odd answers at every question: each gets a reply, none makes a handler fail, and
+    the draft goes on (the answers a person could really send, from many alphabets)."""
+    import random
+
+    from handlers.ports import txn_id_for
+
+    rng = random.Random(12)
+    odd = [
+        "",
+        " ",
+        "0",
+        "99",
+        "1, 99",
+        "-1",
+        "yes no",
+        "back back",
+        "SKIP",
+        "Review!",
+        "change 0",
+        "change 999",
+        "\u202eevil\u202c",
+        "\ud800",
+        "x" * 25_000,
+        "Child name: Sam\nDate of birth: 01/01/2015",
+        "Ethnicity: a\nEthnicity: b",
+        "Religion:",
+        "31/12/9999",
+        "due 01/01/1900",
+        "about 300",
+        "😀" * 50,
+        "<b>bold</b> @room",
+        "!not-a-command here",
+    ]
+    h = await Harness.open(tmp_path / "db")
+    room = h.dm(NURSE)
+    await h.send(NURSE, "!refer")
+    for step in range(120):
+        text = rng.choice(odd) if step % 3 else ANSWERS[step // 3 % len(ANSWERS)][1]
+        before = len(h.messenger.to(room))
+        event = await h.send(NURSE, text)
+        assert txn_id_for(event, "failed") not in h.messenger.seen_txn_ids, text[:50]
+        if text.strip().casefold() == "cancel":
+            continue
+        assert len(h.messenger.to(room)) > before or text.startswith("!"), text[:50]
+    async with h.store.transaction() as tx:
+        draft = await tx.draft_of(room, NURSE)
+    assert draft is None or draft.state["step"]
