@@ -435,3 +435,26 @@ async def test_any_answer_gets_a_reply_and_never_breaks_the_draft(tmp_path: Path
     async with h.store.transaction() as tx:
         draft = await tx.draft_of(room, NURSE)
     assert draft is None or draft.state["step"]
+
+
+async def test_the_agency_is_a_poll_of_the_configured_agencies(tmp_path: Path) -> None:
+    from schemas.config import AgencyConfig
+
+    agencies = {
+        "health": AgencyConfig(name="Community health"),
+        "police": AgencyConfig(name="Police"),
+    }
+    h = await Harness.open(tmp_path / "db", agencies=agencies)
+    room = h.dm(NURSE)
+    await h.send(NURSE, "!refer")
+    for _, text in ANSWERS[:15]:
+        await h.send(NURSE, text)
+    asked = last(h, room)
+    assert asked.poll is not None and "organisation" in asked.poll.question
+    assert asked.poll.answers == (("health", "Community health"), ("police", "Police"))
+    await h.send(NURSE, "2")  # by number
+    await h.send(NURSE, ANSWERS[-1][1])
+    send = await h.send(NURSE, "send")
+    async with h.store.transaction() as tx:
+        stored = await tx.referral_by_event(send)
+    assert stored is not None and stored.form["referrer"]["agency"] == "police"
