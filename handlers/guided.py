@@ -373,6 +373,11 @@ async def _step(
         text = ", ".join(c.value for c in chosen)
         if not chosen:
             text = ""
+    elif question.multi and state.selection:
+        choices = _choices(question, settings)
+        if word in ("done", "that's all", "thats all", str(len(choices) + 1)):
+            # Tapped in the poll, then finished by typing.
+            text = ", ".join(c.value for c in choices if c.id in state.selection)
     values, problem = _interpret(question, text, state, settings, _today(msg))
     if problem is not None:
         await _close_poll(turn, state)

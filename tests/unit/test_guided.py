@@ -458,3 +458,20 @@ async def test_the_agency_is_a_poll_of_the_configured_agencies(tmp_path: Path) -
     async with h.store.transaction() as tx:
         stored = await tx.referral_by_event(send)
     assert stored is not None and stored.form["referrer"]["agency"] == "police"
+
+
+async def test_concerns_tapped_then_finished_by_typing_done(tmp_path: Path) -> None:
+    h = await Harness.open(tmp_path / "db")
+    room = h.dm(NURSE)
+    await h.send(NURSE, "!refer")
+    for _, text in ANSWERS[:6]:
+        await h.send(NURSE, text)
+    index = [i for i, (_, m) in enumerate(h.messenger.sent) if m.room_id == room and m.poll][-1]
+    await h.event(
+        NURSE, {"poll_of": f"$sent{index + 1}", "poll_answers": ["self_harm"], "private": True}
+    )
+    await h.send(NURSE, "done")
+    assert "What happened" in last(h, room).body
+    async with h.store.transaction() as tx:
+        draft = await tx.draft_of(room, NURSE)
+    assert draft is not None and draft.state["answers"]["concerns"] == "self-harm"
