@@ -11,7 +11,9 @@ guided referral by text (`!refer`, 17 answers, `send`) and each answer is timed 
 starting its send to the practitioner's client receiving, decrypted, the bot's next
 message (the next question, the poll or the review). In an echo round each practitioner
 sends the same number of messages to the echo bot, one after the other, timing each to
-its decrypted reply. Every guided referral must end acknowledged.
+its decrypted reply. Every guided referral must end acknowledged. `--think S` makes
+every practitioner wait S seconds after each reply before answering (0: at once), for
+both bots alike.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ async def _next_from(user: ChatUser, room: str, sender: str, after: float) -> fl
     return found[0].at
 
 
-async def guided_round(user: ChatUser, room: str, bot: str, first: bool) -> list[float]:
+async def guided_round(
+    user: ChatUser, room: str, bot: str, first: bool, think: float = 0.0
+) -> list[float]:
     """One whole guided referral; the latency of each answer in ms. After the first, the
     referrer's kept details are offered and taken with one answer ("yes")."""
     started = time.monotonic()
@@ -76,6 +80,7 @@ async def guided_round(user: ChatUser, room: str, bot: str, first: bool) -> list
     )
     latencies = []
     for answer in ANSWERS if first else (*ANSWERS[:13], "yes"):
+        await asyncio.sleep(think)
         t0 = time.monotonic()
         await user.send(room, answer)
         latencies.append((await _next_from(user, room, bot, t0) - t0) * 1000)
@@ -86,9 +91,10 @@ async def guided_round(user: ChatUser, room: str, bot: str, first: bool) -> list
     return latencies
 
 
-async def echo_round(user: ChatUser, room: str) -> list[float]:
+async def echo_round(user: ChatUser, room: str, think: float = 0.0) -> list[float]:
     latencies = []
     for answer in ANSWERS:
+        await asyncio.sleep(think)
         t0 = time.monotonic()
         event_id = await user.send(room, answer)
         reply = await user.wait_reply(event_id, timeout=60)
@@ -106,7 +112,9 @@ def _summary(values: list[float]) -> dict[str, Any]:
     }
 
 
-async def run(practitioners: int, rounds: int, out: Path | None) -> dict[str, Any]:
+async def run(
+    practitioners: int, rounds: int, out: Path | None, think: float = 0.0
+) -> dict[str, Any]:
     base = Path(tempfile.mkdtemp(prefix="referral-bot-guided-bench-"))
     hs = DevSynapse(base / "synapse")
     await hs.start()
@@ -117,7 +125,7 @@ async def run(practitioners: int, rounds: int, out: Path | None) -> dict[str, An
     results: dict[str, Any] = {
         "machine": machine(),
         "command": f"python -m bench.guided_latency --practitioners {practitioners} "
-        f"--rounds {rounds}",
+        f"--rounds {rounds} --think {think}",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     try:
@@ -153,13 +161,13 @@ async def run(practitioners: int, rounds: int, out: Path | None) -> dict[str, An
             for which in order:
                 if which == "echo":
                     parts = await asyncio.gather(
-                        *(echo_round(u, r) for u, r in zip(users, echo_rooms, strict=True))
+                        *(echo_round(u, r, think) for u, r in zip(users, echo_rooms, strict=True))
                     )
                     baseline += [v for p in parts for v in p]
                 else:
                     parts = await asyncio.gather(
                         *(
-                            guided_round(u, r, world.bot_user, first=made == 0)
+                            guided_round(u, r, world.bot_user, first=made == 0, think=think)
                             for u, r in zip(users, bot_rooms, strict=True)
                         )
                     )
@@ -190,8 +198,14 @@ def main() -> None:
     parser.add_argument("--practitioners", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=10, help="alternating echo/guided rounds")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--think",
+        type=float,
+        default=0.0,
+        help="seconds each practitioner waits after a reply before answering (both bots)",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.practitioners, args.rounds, args.out))
+    asyncio.run(run(args.practitioners, args.rounds, args.out, args.think))
 
 
 if __name__ == "__main__":
