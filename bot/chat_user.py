@@ -28,6 +28,7 @@ from nio import (
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
+    UnknownEvent,
     UnknownToDeviceEvent,
     UploadResponse,
 )
@@ -52,6 +53,16 @@ class Received:
     content: dict[str, Any]
     decrypted: bool
     at: float  # time.monotonic() when this client saw it
+    type: str = "m.room.message"  # or a poll: org.matrix.msc3381.poll.start / .end
+
+    @property
+    def poll_answers(self) -> list[tuple[str, str]]:
+        """(ID, text) of each answer of a poll this client was sent."""
+        poll = self.content.get("org.matrix.msc3381.poll.start") or {}
+        return [
+            (str(a.get("id")), str(a.get("org.matrix.msc1767.text", "")))
+            for a in poll.get("answers", [])
+        ]
 
     @property
     def body(self) -> str:
@@ -98,7 +109,14 @@ class ChatUser:
             await self.client.keys_upload()
         self.client.add_event_callback(
             self._on_event,
-            (RoomMessageText, RoomMessageNotice, RoomEncryptedMedia, RoomMessageMedia, MegolmEvent),
+            (
+                RoomMessageText,
+                RoomMessageNotice,
+                RoomEncryptedMedia,
+                RoomMessageMedia,
+                MegolmEvent,
+                UnknownEvent,
+            ),
         )
         self.client.add_to_device_callback(self._on_to_device, UnknownToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
@@ -128,6 +146,7 @@ class ChatUser:
                 content=dict(event.source.get("content", {})),
                 decrypted=bool(getattr(event, "decrypted", False)),
                 at=time.monotonic(),
+                type=str(event.source.get("type") or "m.room.message"),
             )
         )
         async with self._changed:
@@ -258,6 +277,19 @@ class ChatUser:
             content["url"] = await self.upload(data)
         resp = await self.client.room_send(
             room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"send failed: {resp}")
+        return str(resp.event_id)
+
+    async def send_poll_response(self, room_id: str, poll_id: str, answers: list[str]) -> str:
+        """Tap answers in a poll, as Element does (MSC3381, encrypted in encrypted rooms)."""
+        content = {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": poll_id},
+            "org.matrix.msc3381.poll.response": {"answers": answers},
+        }
+        resp = await self.client.room_send(
+            room_id, "org.matrix.msc3381.poll.response", content, ignore_unverified_devices=True
         )
         if not isinstance(resp, RoomSendResponse):
             raise RuntimeError(f"send failed: {resp}")

@@ -16,6 +16,7 @@ from nio import (
     RoomMemberEvent,
     RoomMessage,
     RoomMessageText,
+    UnknownEvent,
 )
 
 from schemas.messages import InboxItem
@@ -110,6 +111,31 @@ def media_payload(content: dict[str, Any]) -> dict[str, Any] | None:
     return {"media": media, **place}
 
 
+POLL_RESPONSE_TYPES = ("org.matrix.msc3381.poll.response", "m.poll.response")
+MAX_POLL_ANSWERS = 20
+
+
+def poll_response(content: dict[str, Any]) -> tuple[str, tuple[str, ...]] | None:
+    """The poll an MSC3381 poll response answers and the answer IDs chosen, or None if
+    the content is not a well-formed response."""
+    relates = content.get("m.relates_to")
+    if not isinstance(relates, dict) or relates.get("rel_type") != "m.reference":
+        return None
+    poll = relates.get("event_id")
+    if not isinstance(poll, str) or not poll:
+        return None
+    inner = content.get("org.matrix.msc3381.poll.response")
+    answers: Any = None
+    if isinstance(inner, dict):
+        answers = inner.get("answers")
+    if answers is None:
+        answers = content.get("answers", content.get("m.selections"))
+    if not isinstance(answers, list) or len(answers) > MAX_POLL_ANSWERS:
+        return None
+    chosen = tuple(a[:100] for a in answers if isinstance(a, str))
+    return poll, chosen
+
+
 def safe_text(text: str) -> str:
     """Text that can be stored and encrypted: lone surrogates become U+FFFD."""
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -161,6 +187,20 @@ def to_inbox_item(
             "pending",
             {"redacts": event.redacts, "private": private},
         )
+    if isinstance(event, UnknownEvent) and event.type in POLL_RESPONSE_TYPES:
+        # A tap in one of the bot's polls (the guided referral). Acted on only when it was
+        # end-to-end encrypted, like any message.
+        content = event.source.get("content", {})
+        found = poll_response(content) if isinstance(content, dict) else None
+        if found is None or not (room_encrypted and getattr(event, "decrypted", False)):
+            return None
+        return _item(
+            event,
+            room_id,
+            True,
+            "pending",
+            {"poll_of": found[0], "poll_answers": list(found[1]), "private": private},
+        )
     content = event.source.get("content", {})
     if not isinstance(content, dict):
         return None
@@ -189,17 +229,17 @@ def to_inbox_item(
             return None
         new = content.get("m.new_content")
         new_body = new.get("body") if isinstance(new, dict) else None
-        return _item(
-            event,
-            room_id,
-            True,
-            "pending",
-            {
-                "edit_of": edit_of,
-                "command": isinstance(new_body, str) and new_body.lstrip().startswith("!"),
-                "private": private,
-            },
-        )
+        payload_edit: dict[str, Any] = {
+            "edit_of": edit_of,
+            "command": isinstance(new_body, str) and new_body.lstrip().startswith("!"),
+            "private": private,
+        }
+        if private and isinstance(new_body, str) and not payload_edit["command"]:
+            # In a direct message an edit may change an answer of an open guided referral
+            # (handlers/guided.py): the new text of a plain (not command) message is kept,
+            # encrypted, until it is handled. An edited command or referral keeps none.
+            payload_edit["body"] = safe_text(new_body)
+        return _item(event, room_id, True, "pending", payload_edit)
     body = strip_reply_fallback(safe_text(event.body or ""), content)
     encrypted = room_encrypted and bool(getattr(event, "decrypted", False))
     if not encrypted:

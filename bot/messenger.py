@@ -159,6 +159,40 @@ def classify_refusal(status: int | None, errcode: str | None) -> SendRejected | 
     return SendRejected(errcode or "no-errcode", status)
 
 
+POLL_START = "org.matrix.msc3381.poll.start"
+POLL_END = "org.matrix.msc3381.poll.end"
+TEXT = "org.matrix.msc1767.text"
+
+
+def matrix_event(
+    message: OutgoingMessage, latest_in_thread: str | None = None
+) -> tuple[str, dict[str, Any]]:
+    """The event type and content for a message: a notice, or an MSC3381 poll (start or
+    end) as Element Web, Element X and the mobile apps send them, with the numbered text
+    fallback as its text for clients that do not show polls."""
+    poll = message.poll
+    if poll is None:
+        return "m.room.message", matrix_content(message, latest_in_thread)
+    if poll.end_of is not None:
+        return POLL_END, {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": poll.end_of},
+            POLL_END: {},
+            TEXT: message.body,
+            "body": message.body,
+        }
+    return POLL_START, {
+        POLL_START: {
+            "kind": "org.matrix.msc3381.poll.disclosed",
+            "max_selections": poll.max_selections,
+            "question": {TEXT: poll.question, "body": poll.question},
+            "answers": [{"id": answer_id, TEXT: text} for answer_id, text in poll.answers],
+        },
+        TEXT: message.body,
+        "body": message.body,
+        "m.mentions": {},
+    }
+
+
 class MatrixMessenger:
     def __init__(
         self, client: AsyncClient, is_allowed_user: Callable[[str], bool], trust: DeviceTrust
@@ -249,12 +283,12 @@ class MatrixMessenger:
                 ):
                     await self._client.share_group_session(room.room_id)
         latest = self._latest.get(message.thread_root) if message.thread_root else None
-        content = matrix_content(message, latest)
+        event_type, content = matrix_event(message, latest)
         if message.file is not None:
             content = await self._file_content(message.file, content)
         resp = await self._client.room_send(
             message.room_id,
-            "m.room.message",
+            event_type,
             content,
             tx_id=txn_id,
             ignore_unverified_devices=False,

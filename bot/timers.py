@@ -10,6 +10,7 @@ import logging
 
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
+from handlers.guided import check_drafts
 from handlers.meeting_record import chase_actions
 from handlers.reports import weekly_report_due
 from storage.disk_faults import is_disk_fault
@@ -25,6 +26,7 @@ async def tick(pipeline: Pipeline) -> int:
     async with pipeline.store.transaction() as tx:
         queued = await check_deadlines(tx, pipeline.settings)
         queued += await chase_actions(tx, pipeline.settings)
+        queued += await check_drafts(tx, pipeline.settings)
         unsent = await tx.rooms_with_unsent()
     pipeline.outbox_workers.kick_all(unsent)
     await _weekly_report(pipeline)

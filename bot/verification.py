@@ -128,9 +128,11 @@ class Verifier:
     def screen(self, event: Any, room_id: str, item: InboxItem | None) -> InboxItem | None:
         """Take verification commands out of the inbox, and, in strict mode, messages from
         sessions that are not verified (answered with a notice, never stored)."""
-        if item is None or item.state != "pending" or "body" not in item.payload:
+        if item is None or item.state != "pending":
             return item
-        body = str(item.payload["body"])
+        if "body" not in item.payload and "poll_of" not in item.payload:
+            return item
+        body = str(item.payload.get("body", ""))  # a poll response has none
         words = body.strip().split("\n", 1)[0].split()
         word = words[0].lower() if words else ""
         device = self.sending_device(event, room_id)

@@ -15,9 +15,18 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from handlers import admin, attachments, corrections, flood, meetings, reports, views, workflow
+from handlers import (
+    admin,
+    attachments,
+    corrections,
+    flood,
+    guided,
+    meetings,
+    reports,
+    views,
+    workflow,
+)
 from handlers.context import Call, Handler, Refusal, in_team_place
-from handlers.intake import phone_referral, refer
 from handlers.meeting_record import on_membership
 from handlers.meetings import in_meeting
 from handlers.notify import reply
@@ -110,12 +119,16 @@ async def help_command(c: Call) -> None:
 
 _M = in_meeting
 _ANY = Form
-_SEND_REFERRAL = "send a referral: !refer on the first line, then one 'Field: value' per line"
+_GUIDED = "on its own: a referral one question at a time (tap or type each answer)"
+_SEND_REFERRAL = "a typed referral: !refer on the first line, then 'Field: value' lines"
 # fmt: off
 COMMANDS: dict[str, Command] = {c.word: c for c in (
     Command("!help", help_command, _ANY("", "this list")),
-    Command("!refer", refer, _ANY("template", "the blank referral form, every field explained"),
-            also=(_ANY("", _SEND_REFERRAL),)),
+    Command("!refer", guided.refer, _ANY("", _GUIDED),
+            also=(_ANY("template", "the blank referral form, every field explained"),
+                  _ANY("+ fields", _SEND_REFERRAL))),
+    Command("!me", guided.me_command,
+            _ANY("[forget]", "your details kept for your next referral; !me forget deletes them")),
     Command("!status", views.status,
             _ANY("REF-…", "where your referral is now (referrers see only their own)")),
     Command("!amend", corrections.amend,
@@ -150,8 +163,9 @@ COMMANDS: dict[str, Command] = {c.word: c for c in (
     Command("!reclassify", workflow.reclassify,
             _team("REF-… contact|child-protection reason", "change the classification")),
     Command("!confirm", workflow.confirm, _managers("REF-…", "confirm a downgrade to contact")),
-    Command("!phone-referral", phone_referral,
-            _team("", "log a telephone referral: same form as !refer, caller's details")),
+    Command("!phone-referral", guided.phone_referral,
+            _team("", "log a telephone referral: on its own (in a DM) one question at a time; "
+                  "or the typed form of !refer with the caller's details")),
     Command("!written", workflow.written,
             _team("REF-… note", "the written follow-up of a telephone referral arrived")),
     Command("!link", workflow.link, _team("REF-… REF-…", "count two records as the same child")),
@@ -288,6 +302,8 @@ async def handle_message(
         return
     word = command_word(msg.body)
     if word is None:
+        if await guided.on_message(tx, msg, settings):
+            return
         if msg.room_id != settings.advice_team_room:
             await _reply(tx, msg, Purpose.HINT, "I only act on commands. Send !help.")
         return
@@ -320,7 +336,10 @@ async def _not_a_command(tx: Tx, msg: Incoming, settings: Settings) -> bool:
     elif msg.redacts is not None:
         await corrections.on_redaction(tx, msg, settings)
     elif msg.edit_of is not None:
-        await corrections.on_edit(tx, msg, settings)
+        if not await guided.on_edit(tx, msg, settings):
+            await corrections.on_edit(tx, msg, settings)
+    elif msg.poll_of is not None:
+        await guided.on_poll_response(tx, msg, settings)
     elif msg.media is not None or msg.media_clear or msg.media_bad:
         await attachments.on_file(tx, msg, settings)
     elif msg.withheld:

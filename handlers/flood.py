@@ -33,6 +33,22 @@ REFILL_S = 60.0
 KEY_PREFIX = "ration:"
 
 
+@dataclass(frozen=True)
+class Ration:
+    """How many answers in a row (`burst`), and how fast one comes back (`refill_s`)."""
+
+    name: str
+    burst: int
+    refill_s: float
+
+
+# Chatter and unknown commands: one explanation or three, then one a minute.
+CHATTER = Ration("", BURST, REFILL_S)
+# Wrong answers in a guided referral (handlers/guided.py): a person answering on a phone
+# takes seconds per message and never runs dry; a flood at machine speed does at once.
+GUIDED = Ration("guided:", 5, 10.0)
+
+
 @dataclass
 class Bucket:
     tokens: float
@@ -40,29 +56,31 @@ class Bucket:
     unanswered: int = 0
 
 
-def _key(msg: Incoming) -> str:
+def _key(msg: Incoming, kind: Ration) -> str:
     # Hashed: the kv table needs no Matrix IDs in it.
     digest = hashlib.sha256(f"{msg.sender}\x00{msg.room_id}".encode()).hexdigest()
-    return KEY_PREFIX + digest[:32]
+    return KEY_PREFIX + kind.name + digest[:32]
 
 
-def refill(bucket: Bucket, now: datetime) -> float:
+def refill(bucket: Bucket, now: datetime, kind: Ration) -> float:
     elapsed = max(0.0, (now - bucket.at).total_seconds())
-    return min(float(BURST), bucket.tokens + elapsed / REFILL_S)
+    return min(float(kind.burst), bucket.tokens + elapsed / kind.refill_s)
 
 
-async def ration(tx: Tx, msg: Incoming, doc: Doc) -> Doc | None:
-    """The answer to send for `msg` (`doc`, perhaps with a note), or None for silence."""
+async def ration(tx: Tx, msg: Incoming, doc: Doc, kind: Ration | None = None) -> Doc | None:
+    """The answer to send for `msg` (`doc`, perhaps with a note), or None for silence.
+    `kind`: which ration (default CHATTER, read when called)."""
+    kind = kind or CHATTER
     if form_fields_in(msg.body) >= 2:
         return doc
-    key = _key(msg)
+    key = _key(msg, kind)
     raw = await tx.get_kv(key)
     if raw is None:
-        bucket = Bucket(float(BURST), tx.now)
+        bucket = Bucket(float(kind.burst), tx.now)
     else:
         data = json.loads(raw)
         bucket = Bucket(float(data["tokens"]), datetime.fromisoformat(data["at"]), data["quiet"])
-    tokens = refill(bucket, tx.now)
+    tokens = refill(bucket, tx.now, kind)
     if tokens < 1:
         bucket.unanswered += 1
         answer = None
@@ -94,3 +112,13 @@ async def ration(tx: Tx, msg: Incoming, doc: Doc) -> Doc | None:
         ),
     )
     return answer
+
+
+async def forgive(tx: Tx, msg: Incoming) -> None:
+    """A full ration again for this sender and room: they answered a question of a
+    guided referral (handlers/guided.py), which no flood does for long."""
+    kind = GUIDED
+    key = _key(msg, kind)
+    if await tx.get_kv(key) is not None:
+        full = {"tokens": float(kind.burst), "at": tx.now.isoformat(), "quiet": 0}
+        await tx.set_kv(key, json.dumps(full))

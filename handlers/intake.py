@@ -11,11 +11,10 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from handlers.context import Call
 from handlers.notify import LONDON, answer_place, format_time
 from handlers.pattern import Pattern, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
-from handlers.referral_form import FieldProblem, parse_referral, referral_template
+from handlers.referral_form import FieldProblem, parse_referral
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import add_working_days, describe_deadline
@@ -24,20 +23,6 @@ from schemas.referral import ReferralForm
 from storage.tx import Tx
 
 log = logging.getLogger(__name__)
-
-
-async def refer(c: Call) -> None:
-    """`!refer template`: the blank form; `!refer` with fields: take the referral."""
-    if c.args.lower() == "template":
-        doc = Doc().para("Copy this, fill it in and send it back:").pre(referral_template())
-        await c.say(doc, Purpose.TEMPLATE, sensitive=False)
-    else:
-        await take_referral(c.tx, c.msg, c.settings)
-
-
-async def phone_referral(c: Call) -> None:
-    """`!phone-referral`: an advice worker logs a caller's referral (same form)."""
-    await take_referral(c.tx, c.msg, c.settings, phone=True)
 
 
 @dataclass(frozen=True)
@@ -66,7 +51,27 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         await _reply_problems(tx, msg, parsed.problems)
         log.info("referral form rejected: event=%s problems=%d", msg.event_id, len(parsed.problems))
         return
-    taken = await _record(tx, msg, settings, parsed.form, received, phone=phone)
+    await record_referral(tx, msg, settings, parsed.form, phone=phone)
+
+
+async def record_referral(
+    tx: Tx,
+    msg: Incoming,
+    settings: Settings,
+    form: ReferralForm,
+    *,
+    phone: bool = False,
+    guided: bool = False,
+) -> str:
+    """Record a validated referral, acknowledge it and tell the team; its reference.
+
+    The one intake path: the typed form (`take_referral`) and the guided conversation
+    (handlers/guided.py) both end here, so the same form gets the same reference series,
+    acknowledgement, summary and running record. `msg` is the event the referral is
+    recorded against and answered from (for a guided referral, the one that said
+    "send"); `guided` is noted in the running record."""
+    received = datetime.fromtimestamp(msg.origin_ts / 1000, UTC)
+    taken = await _record(tx, msg, settings, form, received, phone=phone, guided=guided)
     await _acknowledge(tx, msg, settings, taken)
     log.info(
         "referral recorded: ref=%s event=%s type=%s",
@@ -74,6 +79,7 @@ async def take_referral(tx: Tx, msg: Incoming, settings: Settings, *, phone: boo
         msg.event_id,
         taken.form.referral_type.name,
     )
+    return taken.ref
 
 
 async def _record(
@@ -84,6 +90,7 @@ async def _record(
     received: datetime,
     *,
     phone: bool,
+    guided: bool = False,
 ) -> _Taken:
     """Store the referral with its reference, deadline and first running-record entries."""
     year = received.astimezone(LONDON).year
@@ -118,20 +125,18 @@ async def _record(
         written_followup_due=followup_due,
         agency=form.referrer.agency,
     )
-    await tx.append_record(
-        referral_id,
-        msg.sender,
-        Kind.RECEIVED,
-        {
-            "event_id": msg.event_id,
-            "room_id": msg.room_id,
-            "channel": channel,
-            "declared_type": form.referral_type.value,
-            "declared_by": msg.sender,
-            "decision_due": due.isoformat(),
-            "rag": rag,
-        },
-    )
+    detail: dict[str, object] = {
+        "event_id": msg.event_id,
+        "room_id": msg.room_id,
+        "channel": channel,
+        "declared_type": form.referral_type.value,
+        "declared_by": msg.sender,
+        "decision_due": due.isoformat(),
+        "rag": rag,
+    }
+    if guided:
+        detail["guided"] = True
+    await tx.append_record(referral_id, msg.sender, Kind.RECEIVED, detail)
     if msg.decrypted_at is not None:
         overtaken = (
             f"; {msg.overtaken_by} later message(s) of the room were handled before it"

@@ -14,6 +14,7 @@ from typing import Protocol
 from schemas.messages import Incoming as Incoming
 from schemas.messages import OutgoingFile as OutgoingFile
 from schemas.messages import OutgoingMessage as OutgoingMessage
+from schemas.messages import Poll as Poll
 
 
 def txn_id_for(answered_event_id: str, purpose: str) -> str:

@@ -922,3 +922,55 @@ def referral_template() -> str:
         lines.append(f"# {spec.label} ({spec.need}): {spec.help}")
         lines.append(f"{spec.label}:")
     return "\n".join(lines) + "\n"
+
+
+def parse_values(values: dict[str, str], today: date) -> ParsedReferral:
+    """The same checks as `parse_referral`, for answers already split by field key
+    (`FieldSpec.key`), as the guided conversation collects them. Never raises.
+
+    One rule set: a guided referral is validated by exactly the code that validates the
+    typed form, so the two can never disagree.
+    """
+    try:
+        reader = _Reader(today)
+        reader.values = {
+            key: clean_text(_clean_line_breaks(value))
+            for key, value in values.items()
+            if key in FIELD_BY_KEY and clean_text(value)
+        }
+        reader.check()
+        form = reader.build()
+        order = {label: index for index, label in enumerate((MESSAGE_FIELD, *FIELD_LABELS))}
+        problems = sorted(reader.problems, key=lambda p: order.get(p.field, len(order)))
+        if form is None and not problems:
+            return _refused("could not be read as a referral; please check it")
+        return ParsedReferral(form=None if problems else form, problems=tuple(problems))
+    except Exception:  # never raises, whatever it is sent
+        return _refused("could not be read as a referral; please check it")
+
+
+def _clean_line_breaks(value: str) -> str:
+    lines = _LINE_BREAKS_RE.sub("\n", value).split("\n")
+    return "\n".join(_clean_line(line) for line in lines)
+
+
+def read_labelled(text: str, keys: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
+    """Lines of `Label: value` for the fields `keys` only (labels and aliases as in the
+    typed form); the values, or a problem in one line."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in _LINE_BREAKS_RE.sub("\n", text).split("\n"):
+        line = _clean_line(raw)
+        match = _match_label(line)
+        if match is not None and match[0].key in keys:
+            if match[0].key in found:
+                return {}, f"{match[0].label} is given twice; give it once"
+            current = found[match[0].key] = [match[1]]
+        elif match is not None:
+            return {}, f"{match[0].label} is not asked here"
+        elif current is not None:
+            current.append(line)
+        elif line.strip():
+            names = ", ".join(f"'{FIELD_BY_KEY[k].label}:'" for k in keys)
+            return {}, f"{_quote(line)} does not start with one of {names}"
+    return {k: clean_text("\n".join(v)) for k, v in found.items()}, None

@@ -32,6 +32,7 @@ class Settings:
     max_message_bytes: int = 40_000
     team_summary_batch_seconds: float = 0.0
     late_key_wait_seconds: float = 30.0
+    draft_hours: float = 24.0
     team: frozenset[str] = frozenset()
     managers: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
@@ -56,6 +57,7 @@ class Settings:
             max_message_bytes=config.intake.max_message_bytes,
             team_summary_batch_seconds=config.intake.team_summary_batch_seconds,
             late_key_wait_seconds=config.intake.late_key_wait_seconds,
+            draft_hours=config.intake.draft_hours,
             team=frozenset(config.team.advice_team),
             managers=frozenset(config.team.managers),
             admins=frozenset(config.team.admins),

@@ -135,6 +135,14 @@ class IntakeConfig(_Strict):
         ),
     )
 
+    draft_hours: Annotated[float, Field(gt=0, le=720)] = Field(
+        default=24.0,
+        description=(
+            "a guided referral not answered for this many hours is deleted (one reminder "
+            "goes 2 hours before, or half-way for drafts kept under 4 hours)"
+        ),
+    )
+
 
 class AttachmentsConfig(_Strict):
     """Files attached to referrals (end-to-end encrypted media only)."""

@@ -25,7 +25,7 @@ OPEN_STATES = (State.RECEIVED, State.CLAIMED)
 
 class Outcome(StrEnum):
     """A decision. The value is the display text; `referrals.outcome` stores the key
-    (`assessment`, `early-help` …; migration 14 rewrote older rows), so the wording can
+    (`assessment`, `early-help` …; migration 13 rewrote older rows), so the wording can
     change without touching stored rows. Running-record entries (`decided`) quote the
     display text of their day and are never rewritten: they are hash-chained history."""
 

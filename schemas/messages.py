@@ -53,6 +53,10 @@ class Incoming:
     # A file event whose `file` object is incomplete (no key, IV or hash).
     media_bad: bool = False
     in_reply_to: str | None = None
+    # A poll response (`org.matrix.msc3381.poll.response`): the poll's event ID and the
+    # IDs of the answers chosen (several for a poll that allows more than one).
+    poll_of: str | None = None
+    poll_answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,27 @@ class OutgoingFile:
 
 
 @dataclass(frozen=True)
+class Poll:
+    """An MSC3381 poll to start (question and answers, each answer with a stable ID), or,
+    with `end_of`, the end of the poll sent as that event. The message's body is the
+    numbered text fallback for clients that do not show polls."""
+
+    question: str = ""
+    answers: tuple[tuple[str, str], ...] = ()  # (answer ID, text)
+    max_selections: int = 1
+    end_of: str | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Poll:
+        return cls(
+            question=str(data.get("question", "")),
+            answers=tuple((str(a), str(b)) for a, b in data.get("answers", ())),
+            max_selections=int(data.get("max_selections", 1)),
+            end_of=data.get("end_of"),
+        )
+
+
+@dataclass(frozen=True)
 class OutgoingMessage:
     """A notice to send. `reply_to` makes it a reply; `thread_root` puts it in a thread."""
 
@@ -120,6 +145,8 @@ class OutgoingMessage:
     attachment: int | None = None
     # Sent as an encrypted file (m.image/m.file) instead of a notice; never in plain text.
     file: OutgoingFile | None = None
+    # Sent as a poll (or the end of one) instead of a notice; see `Poll`.
+    poll: Poll | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(replace(self, file=None))
@@ -132,6 +159,8 @@ class OutgoingMessage:
         data["mentions"] = tuple(data.get("mentions", ()))
         if data.get("file") is not None:
             data["file"] = OutgoingFile.from_json(data["file"])
+        if data.get("poll") is not None:
+            data["poll"] = Poll.from_json(data["poll"])
         return cls(**data)
 
 

@@ -84,6 +84,8 @@ class InboxStore(TxBase):
             media_clear=bool(payload.get("media_clear", False)),
             media_bad=bool(payload.get("media_bad", False)),
             in_reply_to=payload.get("in_reply_to"),
+            poll_of=payload.get("poll_of"),
+            poll_answers=tuple(str(a) for a in payload.get("poll_answers", ())),
         )
 
     async def waiting_for_key_until(self, room_id: str, seq: int, wait_s: float) -> datetime | None:

@@ -11,6 +11,7 @@ import aiosqlite
 from cryptography.exceptions import InvalidTag
 
 from storage.attachments import open_file
+from storage.drafts import DraftStore
 from storage.fields import (
     child_key_of,
     ctx_attachment_key,
@@ -47,7 +48,7 @@ class ChainReport:
     breaks: list[ChainBreak] = field(default_factory=list)
 
 
-class IntegrityStore(KvStore, RecordStore):
+class IntegrityStore(KvStore, RecordStore, DraftStore):
     async def check_chains(self) -> ChainReport:
         """Check every referral: form readable, child key right, running record unbroken.
 
@@ -223,6 +224,7 @@ class IntegrityStore(KvStore, RecordStore):
             counts["inbox"] += 1
         counts["workflow"] = await self._reencrypt_workflow(old, new)
         counts["attachments"] = await self._rewrap_attachments(old, new)
+        counts["guided"] = await self._reencrypt_guided(old, new)
         await self.set_kv(KEY_CHECK, new.encrypt(KEY_CHECK_TEXT, KEY_CHECK))
         return counts
 

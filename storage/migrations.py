@@ -264,7 +264,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        10,
+        9,
         """
         -- A message whose room key arrived late (issue 10): when it was decrypted, so its
         -- referral's running record can say it arrived late and what overtook it.
@@ -272,7 +272,39 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        12,
+        10,
+        """
+        -- Guided referrals (issue 12): the draft of a referral answered one question at a
+        -- time, stored after every answer. One per practitioner per room. `state` is
+        -- AES-GCM ciphertext bound to the row (room, user, the event that started it);
+        -- times are clear so the clock can expire drafts and remind without decrypting.
+        CREATE TABLE drafts (
+            id          INTEGER PRIMARY KEY,
+            room_id     TEXT    NOT NULL,
+            user_id     TEXT    NOT NULL,
+            started_by  TEXT    NOT NULL,
+            state       TEXT    NOT NULL,
+            created_at  TEXT    NOT NULL,
+            updated_at  TEXT    NOT NULL,
+            expires_at  TEXT    NOT NULL,
+            remind_at   TEXT,
+            UNIQUE (room_id, user_id)
+        );
+        CREATE INDEX drafts_expiry ON drafts (expires_at);
+        CREATE INDEX drafts_reminder ON drafts (remind_at) WHERE remind_at IS NOT NULL;
+
+        -- A referrer's own details (name, role, agency, phone), kept after a guided
+        -- referral and offered next time; `!me forget` deletes them. Encrypted, bound to
+        -- the user.
+        CREATE TABLE saved_referrers (
+            user_id  TEXT PRIMARY KEY,
+            details  TEXT NOT NULL,
+            saved_at TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        11,
         """
         -- Files attached to referrals (issue 14). A file arrives as an end-to-end encrypted
         -- media event; the handler records a job (the event's encrypted-file descriptor,
@@ -334,7 +366,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        13,
+        12,
         """
         -- Reports (issue 14, part 3): the figures for a period are counted from these
         -- indexes alone, never from the table rows (which hold the encrypted forms): what
@@ -348,7 +380,7 @@ MIGRATIONS: list[tuple[int, str]] = [
         """,
     ),
     (
-        14,
+        13,
         """
         -- An outcome is stored by its key (issue 11), as `!decide` takes it, not by its
         -- display text: the wording can then change without touching stored rows. Only

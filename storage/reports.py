@@ -1,7 +1,7 @@
 """The front door's figures (issue 14, part 3): counts over indexed columns only.
 
 Every statement here reads columns kept in clear for querying (times, classifications,
-outcome, the agency as typed, the keyed child hash) through the indexes of migration 13,
+outcome, the agency as typed, the keyed child hash) through the indexes of migration 12,
 so a report never reads or decrypts a form, and never reads the table rows themselves.
 """
 
@@ -89,7 +89,7 @@ class ReportStore(TxBase):
             " WHERE decided_at >= ? AND decided_at < ? GROUP BY outcome",
             (lo_s, hi_s),
         )
-        # Stored by key (migration 14); shown as the outcome's words.
+        # Stored by key (migration 13); shown as the outcome's words.
         outcomes = {
             (OUTCOME_BY_KEY[k].value if k in OUTCOME_BY_KEY else k): n for k, n in by_key.items()
         }

@@ -241,12 +241,13 @@ def running_rig(folder: Path) -> Iterator[tuple[asyncio.AbstractEventLoop, Rig]]
     # The fuzz is about handling, not durability: skip the fsync on each commit.
     loop.run_until_complete(rig.store._db.execute("PRAGMA synchronous = OFF"))
     # Every message gets its answer here: the rationing of chatter is test_flood.py's.
-    ration = flood.BURST
-    flood.BURST = 10**9
+    rations = flood.CHATTER, flood.GUIDED
+    flood.CHATTER = flood.Ration(flood.CHATTER.name, 10**9, flood.CHATTER.refill_s)
+    flood.GUIDED = flood.Ration(flood.GUIDED.name, 10**9, flood.GUIDED.refill_s)
     try:
         yield loop, rig
     finally:
-        flood.BURST = ration
+        flood.CHATTER, flood.GUIDED = rations
         loop.run_until_complete(rig.close())
         loop.close()
 

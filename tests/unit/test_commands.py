@@ -10,7 +10,17 @@ from pathlib import Path
 import pytest_asyncio
 
 from bot.verification import VERIFY_COMMANDS
-from handlers import admin, corrections, intake, meetings, views, workflow
+from handlers import (
+    admin,
+    attachments,
+    corrections,
+    guided,
+    intake,
+    meetings,
+    reports,
+    views,
+    workflow,
+)
 from handlers.commands import COMMANDS, Where, Who
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.test_meetings import AGENCIES, meeting_for
@@ -104,7 +114,17 @@ def test_every_command_handler_is_in_the_table() -> None:
     in_table = {inspect.unwrap(c.run) for c in COMMANDS.values() if c.run is not None}
     handlers = [
         fn
-        for module in (admin, corrections, intake, meetings, views, workflow)
+        for module in (
+            admin,
+            attachments,
+            corrections,
+            guided,
+            intake,
+            meetings,
+            reports,
+            views,
+            workflow,
+        )
         for name, fn in vars(module).items()
         if inspect.iscoroutinefunction(fn)
         and not name.startswith("_")

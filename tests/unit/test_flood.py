@@ -32,10 +32,13 @@ def answers(h: Harness, room: str) -> list[str]:
     return [m.body for m in h.messenger.to(room)]
 
 
+GROUP = "!group:example.org"  # not a direct message: chatter gets the hint, not the menu
+
+
 async def test_chatter_gets_three_answers_then_silence_then_one_reminder(h: Harness) -> None:
-    room = h.dm(NURSE)
+    room = GROUP
     for n in range(20):
-        await h.send(NURSE, f"hello? {n}")
+        await h.send(NURSE, f"hello? {n}", room=room, private=False)
     got = answers(h, room)
     assert len(got) == flood.BURST == 3
     assert all("I only act on commands" in b for b in got)
@@ -43,19 +46,38 @@ async def test_chatter_gets_three_answers_then_silence_then_one_reminder(h: Harn
     assert "will not answer" not in got[0]
 
     h.now += timedelta(seconds=flood.REFILL_S)
-    await h.send(NURSE, "!nonsense")
+    await h.send(NURSE, "!nonsense", room=room, private=False)
     reminder = answers(h, room)[-1]
     assert reminder.startswith("I did not answer your 17 messages before this one")
     assert "Unknown command !nonsense" in reminder
-    await h.send(NURSE, "still there?")
+    await h.send(NURSE, "still there?", room=room, private=False)
     assert len(answers(h, room)) == 4  # the bucket is empty again: one a minute
+
+
+async def test_chatter_in_a_dm_gets_the_offer_and_a_few_answers_then_silence(h: Harness) -> None:
+    """In a direct message, chatter opens the guided referral's menu; wrong answers to it
+    are rationed like chatter, so a flood gets a bounded number of messages back."""
+    room = h.dm(NURSE)
+    await h.send(NURSE, "hello")
+    assert "What would you like to do?" in answers(h, room)[0]
+    for n in range(10):
+        await h.send(NURSE, f"hello? {n}")
+    after_flood = len(answers(h, room))
+    assert after_flood <= 4 * flood.GUIDED.burst
+    assert any("I will not answer more messages like this" in b for b in answers(h, room))
+    for n in range(50):
+        await h.send(NURSE, f"more {n}")
+    assert len(answers(h, room)) == after_flood  # silence
+    # A real answer is never rationed.
+    await h.send(NURSE, "1")
+    assert len(answers(h, room)) > after_flood
 
 
 async def test_referrals_and_commands_are_never_rationed(h: Harness) -> None:
     room = h.dm(NURSE)
     for n in range(10):
         await h.send(NURSE, f"spam {n}")
-    assert len(answers(h, room)) == 3
+    assert len(answers(h, room)) <= 4 * flood.GUIDED.burst
     referrals = [await h.send(NURSE, referral(Child_name=f"Flood Child {n}")) for n in range(3)]
     for event_id in referrals:
         assert "CHILD PROTECTION REFERRAL" in h.reply(event_id)
@@ -68,11 +90,11 @@ async def test_referrals_and_commands_are_never_rationed(h: Harness) -> None:
 
 async def test_each_sender_and_room_has_its_own_ration(h: Harness) -> None:
     for n in range(10):
-        await h.send(NURSE, f"spam {n}")
-    other = await h.send(OTHER, "hello")
+        await h.send(NURSE, f"spam {n}", room=GROUP, private=False)
+    other = await h.send(OTHER, "hello", room=GROUP, private=False)
     assert "I only act on commands" in h.reply(other)
     # The same sender in another room.
-    elsewhere = await h.send(NURSE, "hello", room="!another-dm:example.org")
+    elsewhere = await h.send(NURSE, "hello", room="!another-room:example.org", private=False)
     assert "I only act on commands" in h.reply(elsewhere)
     # Unknown commands in the advice-team room are rationed per worker too.
     for n in range(5):

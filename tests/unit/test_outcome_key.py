@@ -1,5 +1,5 @@
 """A decision's outcome is stored by its key (`early-help`), read back as an `Outcome`, and
-shown by its text; decisions stored as text before migration 14 read back the same, and
+shown by its text; decisions stored as text before migration 13 read back the same, and
 their hash-chained running-record entries are left exactly as they were."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from tests.forms import referral
 from tests.unit.harness import NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.rig import cli, sql, write_config
 
-# The schema a database had before the outcome was stored by key (the step before 14).
-BEFORE_KEYS = max(version for version, _ in MIGRATIONS if version < 14)
+# The schema a database had before the outcome was stored by key (the step before 13).
+BEFORE_KEYS = max(version for version, _ in MIGRATIONS if version < 13)
 
 
 async def decided(h: Harness, outcome: Outcome) -> str:
@@ -69,7 +69,7 @@ async def test_decisions_stored_as_text_upgrade_to_keys_and_read_back_the_same(
         refs = {outcome: await decided(h, outcome) for outcome in Outcome}
     finally:
         await h.close()
-    # As the bot before migration 14 left them: the display text in the column.
+    # As the bot before migration 13 left them: the display text in the column.
     old = sqlite3.connect(db)
     for outcome, ref in refs.items():
         old.execute("UPDATE referrals SET outcome = ? WHERE ref = ?", (outcome.value, ref))
