@@ -15,13 +15,15 @@ COPY schemas ./schemas
 COPY storage ./storage
 RUN pip install . \
     && useradd --system --uid 10001 --user-group --home-dir /data --shell /usr/sbin/nologin referral-bot \
-    && mkdir -p /data \
-    && chown referral-bot:referral-bot /data \
-    && chmod 0700 /data
+    && mkdir -p /data /checkpoints \
+    && chown referral-bot:referral-bot /data /checkpoints \
+    && chmod 0700 /data /checkpoints
 
 USER referral-bot
 # credentials.json, the E2EE store and referrals.db. Back it up; losing it loses the keys.
 VOLUME ["/data"]
+# integrity.checkpoint_file: the running records' checkpoints, apart from /data.
+VOLUME ["/checkpoints"]
 
 # Needs [http] listen = "127.0.0.1:9108" in the config (loopback inside the container).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \

@@ -27,7 +27,6 @@ import random
 import secrets
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -38,11 +37,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-
 from bench.seed_db import fake_referral, seed
 from bot.chat_user import ChatUser
 from bot.devpostgres import DevPostgres
+from bot.devprocess import BotProcess, free_port, proc_status_kb
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 from storage.keyring import Keyring
@@ -57,24 +55,6 @@ DRAIN_S = 15.0
 # -- processes ---------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _proc_status(pid: int, key: str) -> int | None:
-    """A kB figure from /proc/PID/status (VmRSS, VmHWM = peak RSS)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def _cpu_seconds(pid: int | None) -> float:
     """User + system CPU time a process has used so far (0 if it is gone)."""
     if pid is None:
@@ -84,74 +64,6 @@ def _cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class BotProcess:
-    """`referral-bot run -c CONFIG` in its own process, watched through /healthz."""
-
-    def __init__(self, config_path: Path, http_port: int, log_path: Path) -> None:
-        self.config_path = config_path
-        self.base = f"http://127.0.0.1:{http_port}"
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-        self.launched_at = 0.0
-
-    async def start(self) -> None:
-        self.launched_at = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "bot.cli",
-                "run",
-                "-c",
-                str(self.config_path),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=asyncio.subprocess.STDOUT,
-                cwd=ROOT,
-            )
-
-    async def wait_healthy(self, timeout: float = 60.0) -> float:
-        """Seconds from launch to /healthz answering 200."""
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
-            while time.monotonic() < deadline:
-                if self.proc.returncode is not None:
-                    raise RuntimeError(f"referral-bot exited with {self.proc.returncode}")
-                try:
-                    async with session.get(f"{self.base}/healthz") as resp:
-                        if resp.status == 200:
-                            return time.monotonic() - self.launched_at
-                except (aiohttp.ClientError, TimeoutError):
-                    pass
-                await asyncio.sleep(0.02)
-        raise TimeoutError("referral-bot did not become healthy")
-
-    async def metrics(self) -> str:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-            session.get(f"{self.base}/metrics") as resp,
-        ):
-            return await resp.text()
-
-    def peak_rss_mb(self) -> float | None:
-        if self.proc is None:
-            return None
-        kb = _proc_status(self.proc.pid, "VmHWM")
-        return None if kb is None else kb / 1024
-
-    async def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, as an operator's service manager would; return the exit code."""
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return await asyncio.wait_for(self.proc.wait(), timeout)
-        except TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-            return -9
 
 
 class EchoProcess:
@@ -191,7 +103,7 @@ class EchoProcess:
             raise RuntimeError(f"echo bot did not start: {line!r}")
 
     def peak_rss_mb(self) -> float | None:
-        kb = None if self.proc is None else _proc_status(self.proc.pid, "VmHWM")
+        kb = None if self.proc is None else proc_status_kb(self.proc.pid, "VmHWM")
         return None if kb is None else kb / 1024
 
     async def stop(self) -> None:
@@ -507,7 +419,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         world = await make_world(
             hs, base / "world", bot_name=f"referral-bot-{tag}", log_level="WARNING"
         )
-        port = _free_port()
+        port = free_port()
         world.configure(http_listen=f"127.0.0.1:{port}")
         results["engine"] = "sqlite"
         if opts.postgres:
@@ -524,7 +436,7 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         # so the load generator only does the practitioners' work.
         await world.worker.stop()
         world.users.remove(world.worker)
-        bot = BotProcess(world.config_path, port, base / "referral-bot.log")
+        bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
         await bot.start()
         results["first_start_healthy_s"] = round(await bot.wait_healthy(), 2)
         await echo.start()

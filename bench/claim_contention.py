@@ -31,9 +31,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ack_latency import BotProcess, _cpu_seconds, _free_port, _pct, _round, machine
+from bench.ack_latency import _cpu_seconds, _pct, _round, machine
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
+from bot.devprocess import BotProcess, free_port
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 
@@ -170,12 +171,12 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
             )
         )
         practitioner = await world.add_user(f"claims-nurse-{tag}")
-        port = _free_port()
+        port = free_port()
         world.configure(
             http_listen=f"127.0.0.1:{port}",
             advice_team=[world.worker.user_id, *(w.user_id for w in workers)],
         )
-        bot = BotProcess(world.config_path, port, base / "referral-bot.log")
+        bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
         await bot.start()
         await bot.wait_healthy()
         rooms = await _dm_each(workers, world.bot_user)

@@ -23,6 +23,7 @@ from pathlib import Path
 from handlers.intake import take_referral
 from handlers.ports import Incoming
 from handlers.settings import Settings
+from schemas.domain import Outcome
 from schemas.messages import InboxItem
 from storage.engine import Store
 from storage.keyring import Keyring
@@ -83,12 +84,7 @@ def fake_referral(n: int, rng: random.Random, received: datetime) -> str:
 
 
 OPEN_DAYS = 1
-OUTCOMES = (
-    "proceed to child and family assessment",
-    "strategy discussion (section 47)",
-    "early help",
-    "no further action, with advice/signposting",
-)
+OUTCOMES = tuple(Outcome)
 
 
 async def _decide(tx: Tx, event_id: str, received: datetime, rng: random.Random) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 
+from bot.checkpoint_file import check_appendable
+from bot.checkpoints import Anchor, run_checkpoints
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
@@ -22,7 +24,7 @@ from bot.session import open_client, secure_dir
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
 from bot.verification import Verifier
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.config import Config, ConfigError
 from storage.engine import Store
 from storage.keyring import Keyring
@@ -45,6 +47,8 @@ class BotApp:
         self._sync_task: asyncio.Task[None] | None = None
         self._clock_task: asyncio.Task[None] | None = None
         self._resume_task: asyncio.Task[None] | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self.anchor: Anchor | None = None
         self.started_at = time.monotonic()
         self.stopping = False
         self.metrics = OpsMetrics()
@@ -57,6 +61,9 @@ class BotApp:
             self.ops = OpsServer(self, cfg.http.host, cfg.http.port, self.metrics)
             await self.ops.start()
         data_dir = secure_dir(cfg.storage.data_dir)
+        if cfg.integrity.checkpoint_file is not None:
+            # A path the bot cannot append to stops it now, not silently later.
+            check_appendable(cfg.integrity.checkpoint_file)
         store_key = cfg.storage.store_key.read()
         try:
             keyring = Keyring(cfg.storage.database_key.read())
@@ -80,7 +87,8 @@ class BotApp:
             password=password_reader(password, cfg.bot.password),
         )
         team_room = await self._resolve_room(cfg.rooms.advice_team)
-        settings = Settings.from_config(cfg, team_room)
+        # One holder for every component: a reload swaps its value for all of them.
+        settings = CurrentSettings(Settings.from_config(cfg, team_room))
         self.trust = DeviceTrust(
             self.client,
             self.store,
@@ -91,8 +99,9 @@ class BotApp:
         await self.trust.load()
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user, self.trust)
         self.pipeline = Pipeline(self.store, settings, messenger)
+        self.pipeline.use_media(messenger)
         if self.config_path is not None:
-            self.pipeline.reloader = ConfigReloader(self.config_path, cfg, self.pipeline)
+            self.pipeline.reloader = ConfigReloader(self.config_path, cfg, settings)
         self.pipeline.on_ack_sent = self.metrics.observe_ack
         await self.trust.apply_all()  # the mode or the pinned devices may have changed
         self.verifier = Verifier(self.client, self.store, settings, self.trust)
@@ -103,6 +112,32 @@ class BotApp:
         self._resume_task = asyncio.create_task(self._resume_after_first_sync(), name="resume")
         self._clock_task = asyncio.create_task(
             run_deadline_clock(self.pipeline), name="deadline-clock"
+        )
+        await self._start_checkpoints()
+
+    async def _start_checkpoints(self) -> None:
+        """Anchor the running records outside the database (bot/checkpoints.py)."""
+        integrity = self.config.integrity
+        if integrity.checkpoint_file is None:
+            log.warning(
+                "integrity.checkpoint_file is not set: deleted newest running-record "
+                "entries, a deleted referral or a database restored from an older copy "
+                "cannot be detected (README, Checkpoints)"
+            )
+            return
+        assert self.store is not None and self.pipeline is not None
+        audit_room = None
+        if integrity.audit_room is not None:
+            audit_room = await self._resolve_room(integrity.audit_room)
+        self.anchor = Anchor(
+            self.store,
+            integrity.checkpoint_file,
+            audit_room=audit_room,
+            audit_interval_s=integrity.audit_interval_seconds,
+        )
+        self.anchor.on_enqueued = self.pipeline.outbox_workers.kick_all
+        self._checkpoint_task = asyncio.create_task(
+            run_checkpoints(self.anchor, integrity.checkpoint_seconds), name="checkpoints"
         )
 
     async def _resume_after_first_sync(self) -> None:
@@ -157,7 +192,7 @@ class BotApp:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
-        for task in (self._clock_task, self._resume_task):
+        for task in (self._clock_task, self._resume_task, self._checkpoint_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -178,6 +213,15 @@ class BotApp:
             except TimeoutError:
                 log.warning("shutdown: work left in the outbox is sent on the next start")
             await self.pipeline.stop()
+        if self.anchor is not None:
+            # The entries of the last seconds are anchored too (not posted to the audit
+            # room: the outbox has stopped).
+            self.anchor.audit_room = None
+            self.anchor.on_enqueued = None
+            try:
+                await self.anchor.checkpoint()
+            except Exception as exc:
+                log.error("last checkpoint failed: %s: %s", type(exc).__name__, exc)
         if self.client is not None:
             await self.client.close()
         if self.ops is not None:

@@ -22,12 +22,17 @@ from nio import (
     MatrixRoom,
     MegolmEvent,
     RoomCreateResponse,
+    RoomEncryptedMedia,
+    RoomMessageMedia,
     RoomMessageNotice,
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
+    UnknownEvent,
     UnknownToDeviceEvent,
+    UploadResponse,
 )
+from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from nio.event_builders import ToDeviceMessage
 from nio.store import SqliteStore
 
@@ -48,6 +53,16 @@ class Received:
     content: dict[str, Any]
     decrypted: bool
     at: float  # time.monotonic() when this client saw it
+    type: str = "m.room.message"  # or a poll: org.matrix.msc3381.poll.start / .end
+
+    @property
+    def poll_answers(self) -> list[tuple[str, str]]:
+        """(ID, text) of each answer of a poll this client was sent."""
+        poll = self.content.get("org.matrix.msc3381.poll.start") or {}
+        return [
+            (str(a.get("id")), str(a.get("org.matrix.msc1767.text", "")))
+            for a in poll.get("answers", [])
+        ]
 
     @property
     def body(self) -> str:
@@ -93,7 +108,15 @@ class ChatUser:
         if self.client.should_upload_keys:
             await self.client.keys_upload()
         self.client.add_event_callback(
-            self._on_event, (RoomMessageText, RoomMessageNotice, MegolmEvent)
+            self._on_event,
+            (
+                RoomMessageText,
+                RoomMessageNotice,
+                RoomEncryptedMedia,
+                RoomMessageMedia,
+                MegolmEvent,
+                UnknownEvent,
+            ),
         )
         self.client.add_to_device_callback(self._on_to_device, UnknownToDeviceEvent)
         await self.client.sync(timeout=0, full_state=True)
@@ -123,6 +146,7 @@ class ChatUser:
                 content=dict(event.source.get("content", {})),
                 decrypted=bool(getattr(event, "decrypted", False)),
                 at=time.monotonic(),
+                type=str(event.source.get("type") or "m.room.message"),
             )
         )
         async with self._changed:
@@ -192,6 +216,102 @@ class ChatUser:
         if not isinstance(resp, RoomSendResponse):
             raise RuntimeError(f"send failed: {resp}")
         return str(resp.event_id)
+
+    # -- files, as a client attaches and opens them ----------------------------------------
+
+    async def upload(self, data: bytes) -> str:
+        """Upload bytes as they are; the mxc:// URL."""
+        resp, _ = await self.client.upload(
+            lambda _a, _b: data, content_type="application/octet-stream", filesize=len(data)
+        )
+        if not isinstance(resp, UploadResponse):
+            raise RuntimeError(f"upload failed: {resp}")
+        return str(resp.content_uri)
+
+    async def send_file(
+        self,
+        room_id: str,
+        data: bytes,
+        name: str,
+        *,
+        mimetype: str = "application/octet-stream",
+        msgtype: str = "m.file",
+        encrypted: bool = True,
+        declared_size: int | None = None,
+        wrong_hash: bool = False,
+        caption: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> str:
+        """Send a file as Element does: encrypted with a fresh key (AES-CTR), the
+        ciphertext uploaded, and the `file` object (url, JWK key, iv, SHA-256) in the
+        event; or, with `encrypted=False`, uploaded in clear with a plain `url`.
+        `wrong_hash` puts another file's hash in the event."""
+        info: dict[str, Any] = {
+            "mimetype": mimetype,
+            "size": len(data) if declared_size is None else declared_size,
+        }
+        content: dict[str, Any] = {
+            "msgtype": msgtype,
+            "body": caption if caption is not None else name,
+            "info": info,
+            **(extra or {}),
+        }
+        if caption is not None:
+            content["filename"] = name
+        if encrypted:
+            ciphertext, keys = encrypt_attachment(data)
+            url = await self.upload(ciphertext)
+            hashes = keys["hashes"]
+            if wrong_hash:
+                _, other = encrypt_attachment(data + b"\x00")
+                hashes = other["hashes"]
+            content["file"] = {
+                "v": "v2",
+                "url": url,
+                "key": keys["key"],
+                "iv": keys["iv"],
+                "hashes": hashes,
+                "mimetype": mimetype,
+            }
+        else:
+            content["url"] = await self.upload(data)
+        resp = await self.client.room_send(
+            room_id, "m.room.message", content, ignore_unverified_devices=True
+        )
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"send failed: {resp}")
+        return str(resp.event_id)
+
+    async def send_poll_response(self, room_id: str, poll_id: str, answers: list[str]) -> str:
+        """Tap answers in a poll, as Element does (MSC3381, encrypted in encrypted rooms)."""
+        content = {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": poll_id},
+            "org.matrix.msc3381.poll.response": {"answers": answers},
+        }
+        resp = await self.client.room_send(
+            room_id, "org.matrix.msc3381.poll.response", content, ignore_unverified_devices=True
+        )
+        if not isinstance(resp, RoomSendResponse):
+            raise RuntimeError(f"send failed: {resp}")
+        return str(resp.event_id)
+
+    async def open_file(self, content: dict[str, Any]) -> bytes:
+        """Download (authenticated media API) and decrypt a received encrypted file."""
+        file = content["file"]
+        server, media_id = file["url"][len("mxc://") :].split("/", 1)
+        resp = await self.client.send(
+            "GET",
+            f"/_matrix/client/v1/media/download/{server}/{media_id}",
+            headers={"Authorization": f"Bearer {self.client.access_token}"},
+        )
+        async with resp:
+            if resp.status != 200:
+                raise RuntimeError(f"download failed: {resp.status}")
+            ciphertext = await resp.read()
+        plain: bytes = decrypt_attachment(
+            ciphertext, file["key"]["k"], file["hashes"]["sha256"], file["iv"]
+        )
+        return plain
 
     # -- interactive verification (the to-device SAS flow), as a user's client does it --
 

@@ -94,6 +94,15 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print(f"  data directory:      {config.storage.data_dir}")
     print(f"  advice-team room:    {config.rooms.advice_team}")
     print(f"  allowed homeservers: {', '.join(config.access.allowed_homeservers)}")
+    anchor = config.integrity.checkpoint_file
+    if anchor is None:
+        print(
+            "  checkpoints:         OFF (warning: set integrity.checkpoint_file, outside the "
+            "data directory, or deleted newest entries, a deleted referral and a database "
+            "restored from an older copy go unseen)"
+        )
+    else:
+        print(f"  checkpoints:         {anchor}")
     return 0
 
 
@@ -194,11 +203,26 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _maintenance(args, lambda config: restore(config, args.input, force=args.force))
 
 
+def cmd_outbox(args: argparse.Namespace) -> int:
+    from bot.maintenance import outbox_failed, outbox_retry
+
+    if args.retry is not None:
+        outbox_id: int = args.retry
+        return _maintenance(args, lambda config: outbox_retry(config, outbox_id))
+    return _maintenance(args, outbox_failed)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bot.demo import run_demo
 
     setup_logging("WARNING")
     return asyncio.run(run_demo(keep=args.keep))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bot.maintenance import report
+
+    return _maintenance(args, lambda config: report(config, args.start, args.end, args.out))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,6 +280,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-i", "--input", type=Path, required=True, help="the backup folder")
     p.add_argument("--force", action="store_true", help="restore over newer records")
     p.set_defaults(func=cmd_restore)
+    p = sub.add_parser(
+        "outbox",
+        help="list messages the homeserver refused for good (--failed) or resend one (--retry)",
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--failed", action="store_true", help="list them (no message text)")
+    what.add_argument("--retry", type=int, metavar="ID", help="put message ID back in its queue")
+    p.set_defaults(func=cmd_outbox)
+    p = sub.add_parser(
+        "report", help="write the front door's figures for a period as a PNG chart and a CSV"
+    )
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("--from", dest="start", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("--to", dest="end", required=True, metavar="YYYY-MM-DD")
+    p.add_argument("-o", "--out", type=Path, default=Path("."), help="folder (default: here)")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser(
         "demo", help="throwaway local homeserver, bot and demo users; one referral end to end"
     )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from bot.app import BotApp
+from bot.chat_user import ChatUser, Received
 from bot.devserver import DevSynapse
 from bot.world import make_world
 
@@ -33,6 +34,63 @@ Referrer role: School nurse
 Agency: health
 Phone: 01632 960 001
 """
+
+
+# A guided referral (`!refer` on its own), answered one question at a time.
+GUIDED_ANSWERS = (
+    "no",
+    "Sam Example",
+    "about 9",
+    "3 Sample Road, AB1 2CD",
+    "Example Primary",
+    "skip",
+    "neglect",
+    "Came to school hungry three days this week; no coat in the rain.",
+    '"There is never any breakfast."',
+    "Told the designated safeguarding lead; breakfast club offered.",
+    "yes",
+    "skip",
+    "2",
+    "Pat Nurse",
+    "School nurse",
+    "health",
+    "01632 960 001",
+)
+POLL_START = "org.matrix.msc3381.poll.start"
+POLL_END = "org.matrix.msc3381.poll.end"
+
+
+async def _guided(nurse: ChatUser, dm: str, bot: str) -> Received:
+    """Make a guided referral as a practitioner on a phone would; the acknowledgement."""
+
+    async def next_message(after: float) -> Received:
+        """The next question (text or poll) or the review's poll: not the lines before it."""
+        found = await nurse.wait_for(
+            lambda r: (
+                r.room_id == dm
+                and r.sender == bot
+                and r.at >= after
+                and (r.type == POLL_START or r.body.startswith("Question "))
+            ),
+            timeout=30,
+        )
+        return found[0]
+
+    async def say(text: str) -> Received:
+        t0 = time.monotonic()
+        await nurse.send(dm, text)
+        got = await next_message(t0)
+        tag = "[poll] " if got.type == POLL_START else ""
+        print(f"> {text}\n  {tag}{got.body.splitlines()[0]}")
+        return got
+
+    await say("!refer")
+    for answer in GUIDED_ANSWERS:
+        last = await say(answer)
+    assert last.type == POLL_START, "the review ends with a poll: send, change or cancel"
+    print("> (taps) Send it")
+    await nurse.send_poll_response(dm, last.event_id, ["send"])
+    return await nurse.wait_reply(last.event_id, timeout=30)
 
 
 def _rule(title: str) -> None:
@@ -86,6 +144,11 @@ async def run_demo(keep: bool = False) -> int:
         _rule(f"{worker.user_id} sends !claim {ref}; the practitioner sees, in the thread")
         print(update.body)
 
+        _rule("A guided referral: one question at a time, as on a phone (!refer on its own)")
+        guided_ack = await _guided(nurse, dm, world.bot_user)
+        _rule(f"The practitioner sees (decrypted={guided_ack.decrypted})")
+        print(guided_ack.body)
+
         if keep:
             _rule("Still running: log in from Element or any Matrix client")
             print(f"Homeserver URL: {hs.url}")
@@ -100,7 +163,8 @@ async def run_demo(keep: bool = False) -> int:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             await stop.wait()
-        return 0 if ack.decrypted and "CHILD PROTECTION REFERRAL" in ack.body else 1
+        ok = ack.decrypted and "CHILD PROTECTION REFERRAL" in ack.body
+        return 0 if ok and "recorded as a CONTACT" in guided_ack.body else 1
     finally:
         await app.shutdown()
         await world.close()

@@ -35,7 +35,7 @@ from typing import Any
 from nio import AsyncClient, KeysQueryResponse, MatrixRoom
 
 from handlers.device_trust import KeyChange, announce_key_change
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.config import PinnedDevice
 from storage.engine import Store
 
@@ -109,14 +109,15 @@ class DeviceTrust:
         self,
         client: AsyncClient,
         store: Store,
-        settings: Settings,
+        settings: Settings | CurrentSettings,
         *,
         strict: bool,
         pinned: Iterable[PinnedDevice] = (),
     ) -> None:
         self.client = client
         self.store = store
-        self.settings = settings
+        # The holder shared with the pipeline: roles as they are now, after any reload.
+        self.current = CurrentSettings.of(settings)
         self.strict = strict
         self._pinned = {(p.user_id, p.device_id): p.ed25519 for p in pinned}
         self._records: dict[tuple[str, str], DeviceRecord] = {}
@@ -124,6 +125,11 @@ class DeviceTrust:
         # nio ignores "invalidate this room's session" while a share is under way, so a
         # change made during a share would not reach the session being shared.
         self.lock = asyncio.Lock()
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read on every use, never kept)."""
+        return self.current.current
 
     async def load(self) -> None:
         async with self.store.transaction() as tx:

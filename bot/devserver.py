@@ -89,7 +89,9 @@ class DevSynapseError(RuntimeError):
     """Synapse could not be configured, started or used."""
 
 
-def _free_loopback_port() -> int:
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1 right now (for Synapse, the bot's
+    [http] listener, a test's proxy)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((LOOPBACK, 0))
         port: int = sock.getsockname()[1]
@@ -196,7 +198,7 @@ class DevSynapse:
             return
         if not self.config_path.exists():
             await self._generate_config()
-            self._port = _free_loopback_port()
+            self._port = free_port()
             self._rewrite_config()
         self._load_config()
         if not _port_is_free(self.port):

@@ -3,7 +3,8 @@
 `/healthz` answers 200 only when the bot is logged in, has finished its first sync and
 can write to its database; otherwise 503 with the reason. `/metrics` is Prometheus text:
 referrals by type and state, decisions overdue, events waiting for a room key, outbox
-depth and the acknowledgement latency histogram. Neither carries personal data: only
+depth, messages given up (refused for good by the homeserver) and the acknowledgement
+latency histogram. Neither carries personal data: only
 counts and timings.
 """
 
@@ -13,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -21,10 +22,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from bot.pipeline import Pipeline
+from bot.sync_loop import SyncLoop
+from storage.disk_faults import fault_reason
+from storage.engine import Store
 from storage.metrics import OpsCounts
-
-if TYPE_CHECKING:
-    from bot.app import BotApp
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,24 @@ PROBE_KEY = "health_probe"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From "as fast as the homeserver can carry it" to "acknowledged after the bot was down".
 ACK_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+
+
+class RunningBot(Protocol):
+    """What the endpoint reads of the running bot (`bot.app.BotApp`); each part is None
+    until it has started."""
+
+    @property
+    def stopping(self) -> bool: ...
+    @property
+    def client(self) -> Any: ...  # nio's AsyncClient: `logged_in`
+    @property
+    def store(self) -> Store | None: ...
+    @property
+    def pipeline(self) -> Pipeline | None: ...
+    @property
+    def sync(self) -> SyncLoop | None: ...
+    @property
+    def sync_failed(self) -> bool: ...
 
 
 class OpsMetrics:
@@ -66,6 +86,7 @@ class _Snapshot(Collector):
         self.ready = False
         self.handled = 0
         self.sent = 0
+        self.send_failures = 0
         self.syncs = 0
 
     def describe(self) -> list[Metric]:
@@ -78,6 +99,11 @@ class _Snapshot(Collector):
         )
         yield CounterMetricFamily(
             "referralbot_messages_sent", "Outbox messages delivered since start", self.sent
+        )
+        yield CounterMetricFamily(
+            "referralbot_sends_failed",
+            "Outbox messages given up since start: the homeserver refused them for good",
+            self.send_failures,
         )
         yield CounterMetricFamily("referralbot_syncs", "Completed sync batches", self.syncs)
         counts = self.counts
@@ -102,10 +128,15 @@ class _Snapshot(Collector):
         yield GaugeMetricFamily(
             "referralbot_outbox_depth", "Messages stored but not yet sent", counts.outbox_depth
         )
+        yield GaugeMetricFamily(
+            "referralbot_outbox_failed",
+            "Messages given up (refused for good) and not requeued: referral-bot outbox --failed",
+            counts.outbox_failed,
+        )
 
 
 class OpsServer:
-    def __init__(self, app: BotApp, host: str, port: int, metrics: OpsMetrics) -> None:
+    def __init__(self, app: RunningBot, host: str, port: int, metrics: OpsMetrics) -> None:
         self.app = app
         self.host = host
         self.port = port
@@ -141,6 +172,10 @@ class OpsServer:
             return "sync loop stopped"
         if app.store is None:
             return "database not open"
+        if app.store.faults.reason is not None:
+            # A write was refused (disk full, I/O error, read-only): until a write that needs
+            # fresh space succeeds again (storage/disk_faults.py), whatever a probe here says.
+            return f"database not writable ({app.store.faults.reason})"
         # The probe is never cancelled half-way (that could leave a transaction open): a
         # slow one keeps running and the next request waits on the same one.
         if self._probe is None or self._probe.done():
@@ -150,7 +185,7 @@ class OpsServer:
         except TimeoutError:
             return "database busy for more than 2 s"
         except Exception as exc:
-            return f"database not writable ({type(exc).__name__})"
+            return f"database not writable ({fault_reason(exc) or type(exc).__name__})"
         return None
 
     async def _write_probe(self) -> None:
@@ -170,6 +205,7 @@ class OpsServer:
         snap.ready = await self.health() is None
         if app.pipeline is not None:
             snap.handled, snap.sent = app.pipeline.handled, app.pipeline.sent
+            snap.send_failures = app.pipeline.send_failures
         if app.sync is not None:
             snap.syncs = app.sync.syncs
         if app.store is not None and not app.stopping:

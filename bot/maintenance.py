@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from bot.checkpoint_verify import AnchorReport, check_database
+from bot.checkpoints import append_purged, append_rekeyed
 from schemas.config import Config, ConfigError
 from storage.engine import Location, Postgres, Store
 from storage.integrity import ChainReport
@@ -74,21 +76,54 @@ async def verify(config: Config) -> Outcome:
     Reads a snapshot, so it may run while the bot runs.
     """
     keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    path = config.integrity.checkpoint_file
+    anchor: AnchorReport | None = None
     store = await _open_existing(config, keyring, exclusive=False)
     try:
         async with store.snapshot() as tx:
             report = await tx.check_chains()
+            if path is not None:
+                anchor = await check_database(tx, keyring, path)
     finally:
         await store.close()
     out = Outcome()
     describe_breaks(report, out)
     summary = f"{report.referrals} referral(s), {report.entries} running-record entries"
+    if report.attachments:
+        summary += f", {report.attachments} attached file(s)"
     if report.breaks:
         out.code = 1
         out.say(f"{summary}: {len(report.breaks)} referral(s) with a broken record.")
     else:
         out.say(f"{summary}: every chain intact.")
+    if anchor is None:
+        out.say(
+            "No checkpoints (integrity.checkpoint_file is not set): deleted newest entries, "
+            "a deleted referral or an older copy of the database cannot be detected."
+        )
+        return out
+    describe_anchor(anchor, path, out)
     return out
+
+
+def describe_anchor(anchor: AnchorReport, path: Path | None, out: Outcome) -> None:
+    for problem in anchor.problems:
+        out.say(f"CHECKPOINT: {problem}")
+    last = anchor.last
+    if last is None:
+        out.say(f"Checkpoint file {path}: no checkpoint yet.")
+    else:
+        out.say(
+            f"Checkpoint file {path}: {anchor.lines} line(s); the latest is line "
+            f"{anchor.last_line}, {last.when}: {last.referrals} referral(s), {last.entries} "
+            f"entries, digest {last.digest}, line digest {last.mac} (compare with the "
+            "audit room's latest post)."
+        )
+    if anchor.problems:
+        out.code = 1
+        out.say(f"{len(anchor.problems)} disagreement(s) with the checkpoints.")
+    elif last is not None:
+        out.say("The database agrees with every checkpoint.")
 
 
 # -- rotate-key --------------------------------------------------------------------------
@@ -110,16 +145,24 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
         return out
     old = _keyring(old_secret, "storage.database_key")
     new = _keyring(new_secret, "the new key")
+    path = config.integrity.checkpoint_file
     store = await _open_existing(config, old, exclusive=True)
     try:
         async with store.transaction() as tx:
             before = await tx.check_chains()
-            if before.breaks:
+            anchor = None
+            if path is not None:
+                anchor = await check_database(tx, old, path)
+            if before.breaks or (anchor is not None and anchor.problems):
                 describe_breaks(before, out)
+                if anchor is not None:
+                    for problem in anchor.problems:
+                        out.say(f"CHECKPOINT: {problem}")
                 out.code = 1
                 out.say(
-                    "Key NOT rotated: a running record is broken, and re-chaining with a new "
-                    "key would hide that. Investigate with `referral-bot verify` first."
+                    "Key NOT rotated: a running record is broken or disagrees with the "
+                    "checkpoints, and re-chaining with a new key would hide that. "
+                    "Investigate with `referral-bot verify` first."
                 )
                 return out
             counts = await tx.reencrypt_all(old, new)
@@ -132,6 +175,13 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
     try:
         async with store.snapshot() as tx:
             after = await tx.check_chains()
+        if path is not None and not after.breaks:
+            # The checkpoints so far are keyed with the old key: a new line lists every
+            # referral under the new one, chained to the old lines.
+            async with store.transaction() as tx:
+                rekeyed = await append_rekeyed(tx, path, new)
+            if rekeyed is not None:
+                out.say(f"Checkpoint file {path}: {rekeyed.when} lists every referral.")
     finally:
         await store.close()
     if after.breaks or after.referrals != before.referrals or after.entries != before.entries:
@@ -143,6 +193,12 @@ async def rotate_key(config: Config, new_secret: str) -> Outcome:
         f"Re-encrypted {counts['referrals']} referral(s), {counts['record_entries']} "
         f"running-record entries, {counts['outbox']} outgoing and {counts['inbox']} incoming "
         "message(s); every chain verifies with the new key."
+        + (
+            f" Re-wrapped the keys of {counts['attachments']} attached file(s) and pending "
+            "download(s)."
+            if counts["attachments"]
+            else ""
+        )
     )
     out.say(
         "Now point storage.database_key at the new key before starting the bot: the old key "
@@ -198,6 +254,7 @@ def _describe_rules(config: Config) -> str:
 def _describe_plan(plan: PurgePlan, verb: str, out: Outcome) -> None:
     out.say(
         f"{verb} {len(plan.referrals)} referral(s), each with its running record and messages"
+        + (f" ({plan.attachments} attached file(s) with them)" if plan.attachments else "")
         + (":" if plan.referrals else ".")
     )
     for p in plan.referrals:
@@ -224,8 +281,109 @@ async def purge(config: Config, *, confirmed: bool, now: datetime | None = None)
             return out
         async with store.transaction() as tx:
             plan = await tx.purge(cutoffs, rules)
+            if config.integrity.checkpoint_file is not None:
+                # Purged on purpose: the checkpoints say so, so verify does not report
+                # them as deleted. Written before the commit: if it fails, nothing goes.
+                append_purged(
+                    config.integrity.checkpoint_file,
+                    keyring,
+                    [p.ref for p in plan.referrals],
+                    await tx.record_max_id(),
+                )
         await store.compact(vacuum=False)
     finally:
         await store.close()
     _describe_plan(plan, "Purged", out)
+    return out
+
+
+# -- outbox: messages the homeserver refused for good ------------------------------------
+
+
+async def outbox_failed(config: Config) -> Outcome:
+    """List the messages given up (refused for good): IDs, purpose, reference, error,
+    time. Never the message text. Runs beside a running bot (reads a snapshot)."""
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.snapshot() as tx:
+            failed = await tx.failed_sends()
+    finally:
+        await store.close()
+    out = Outcome()
+    if not failed:
+        out.say("No failed messages.")
+        return out
+    out.say("id\tfailed at (UTC)\tpurpose\treference\terror\troom")
+    for f in failed:
+        out.say(
+            f"{f.id}\t{f.failed_at.astimezone(UTC).strftime('%Y-%m-%d %H:%M:%S')}\t{f.purpose}"
+            f"\t{f.ref or '-'}\t{f.error}\t{f.room_id}"
+        )
+    out.say(f"{len(failed)} failed message(s). Resend one with: referral-bot outbox --retry ID")
+    return out
+
+
+async def outbox_retry(config: Config, outbox_id: int) -> Outcome:
+    """Put a failed message back in its room's queue. Safe beside a running bot: the row
+    is out of the bot's queue until this commits, and the bot's deadline clock picks it up
+    within `deadlines.check_interval_seconds` (at once on its next start)."""
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.transaction() as tx:
+            failed = await tx.requeue_failed(outbox_id)
+    finally:
+        await store.close()
+    out = Outcome()
+    if failed is None:
+        out.code = 1
+        out.say(f"There is no failed message {outbox_id} (see referral-bot outbox --failed).")
+        return out
+    out.say(
+        f"Requeued message {failed.id} ({failed.purpose}, {failed.ref or 'no reference'}; "
+        f"it had failed with {failed.error}). A running bot sends it within "
+        f"{config.deadlines.check_interval_seconds} s; a stopped one when it starts."
+    )
+    return out
+
+
+# -- report ------------------------------------------------------------------------------
+
+
+async def report(config: Config, start: str, end: str, out_dir: Path) -> Outcome:
+    """Write the front door's figures for `start` to `end` (YYYY-MM-DD, Europe/London,
+    inclusive) as a PNG chart and a CSV: counts only. Reads a snapshot, so it may run
+    beside the bot."""
+    from handlers.reports import LONDON, build_report, parse_period, report_csv
+    from handlers.settings import Settings
+
+    out = Outcome()
+    keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
+    store = await _open_existing(config, keyring, exclusive=False)
+    try:
+        async with store.snapshot() as tx:
+            try:
+                period = parse_period(f"{start} {end}", tx.now.astimezone(LONDON).date())
+            except ValueError as exc:
+                out.code = 2
+                out.say(str(exc).split(" Use !report")[0])
+                return out
+            built = await build_report(
+                tx, Settings.from_config(config, config.rooms.advice_team), period
+            )
+    finally:
+        await store.close()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png = out_dir / built.file_name
+    csv_path = png.with_suffix(".csv")
+    png.write_bytes(built.png)
+    csv_path.write_text(report_csv(built), encoding="utf-8")
+    f = built.figures
+    out.say(str(png))
+    out.say(str(csv_path))
+    out.say(
+        f"{period.title()}: {f.received} received, {f.decided} decided, "
+        f"{f.open_now} open now ({f.overdue_now} overdue)"
+    )
     return out

@@ -1,9 +1,10 @@
 """Re-reading the configuration file while the bot runs (`!reload` or SIGHUP).
 
-Roles are checked on every command against the pipeline's current Settings, so swapping
-that object is all a reload needs: the next command sees the new roles. A file with
+Roles are checked on every command against `CurrentSettings.current`, the one holder the
+pipeline, device trust and verification share, so swapping its value is all a reload
+needs: the next command, wherever it is handled, sees the new roles. A file with
 problems changes nothing. Keys that the running bot cannot change (homeserver, bot
-account, storage, allowed homeservers, the advice-team room) keep their running values
+account, storage, allowed homeservers, the advice-team room, checkpoints) keep their running values
 and the reply says a restart is needed for them.
 """
 
@@ -13,31 +14,40 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from bot.pipeline import Pipeline
 from handlers.ports import ReloadOutcome
-from handlers.settings import Settings
+from handlers.settings import CurrentSettings, Settings
 from schemas.config import Config, ConfigError, load_config
 
 log = logging.getLogger(__name__)
 
-RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms")
-RELOADED = ("intake", "agencies", "deadlines", "pattern", "disagreement", "meetings", "logging")
+RESTART_ONLY = ("homeserver", "bot", "storage", "access", "rooms", "integrity")
+RELOADED = (
+    "intake",
+    "attachments",
+    "agencies",
+    "deadlines",
+    "pattern",
+    "disagreement",
+    "meetings",
+    "reports",
+    "logging",
+)
 ROLES = ("advice_team", "managers", "admins")
 
 
 class ConfigReloader:
-    def __init__(self, path: Path, running: Config, pipeline: Pipeline) -> None:
+    def __init__(self, path: Path, running: Config, settings: CurrentSettings) -> None:
         self.path = path
         self._started_with = running  # what restart-only keys are compared with
         self._current = running
-        self._pipeline = pipeline
+        self._settings = settings
 
     def reload(self) -> ReloadOutcome:
         try:
             new = load_config(self.path)
         except ConfigError as exc:
             return ReloadOutcome(applied=False, problems=tuple(exc.problems))
-        old = self._pipeline.settings
+        old = self._settings.current
         settings = replace(
             Settings.from_config(new, old.advice_team_room),
             allowed_homeservers=old.allowed_homeservers,
@@ -50,7 +60,7 @@ class ConfigReloader:
         needs_restart = [
             name for name in RESTART_ONLY if getattr(new, name) != getattr(self._started_with, name)
         ]
-        self._pipeline.settings = settings
+        self._settings.current = settings
         self._current = new
         logging.getLogger().setLevel(new.logging.level)
         return ReloadOutcome(

@@ -6,6 +6,8 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+from storage.disk_faults import WriteFaults, is_disk_fault
+
 log = logging.getLogger(__name__)
 
 
@@ -15,11 +17,23 @@ class RoomWorkers:
     `work` must process everything that is pending for the room and return. A kick that
     arrives while the room's worker is busy makes it run once more, so nothing kicked is
     left waiting.
+
+    When `work` fails because the database cannot be written (`faults`), the room's work is
+    left as it is (nothing was stored) and tried again once writing works, or every
+    `FAULT_RETRY_S`; the fault is logged once a minute by `faults`, not here per room.
     """
 
-    def __init__(self, name: str, work: Callable[[str], Awaitable[None]]) -> None:
+    FAULT_RETRY_S = 10.0
+
+    def __init__(
+        self,
+        name: str,
+        work: Callable[[str], Awaitable[None]],
+        faults: WriteFaults | None = None,
+    ) -> None:
         self._name = name
         self._work = work
+        self._faults = faults
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
 
@@ -44,6 +58,9 @@ class RoomWorkers:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # a bug must not kill the room's queue for good
+                    if self._faults is not None and is_disk_fault(exc):
+                        await self._faults.wait_writable(self.FAULT_RETRY_S)
+                        continue
                     log.error(
                         "%s worker failed: room=%s error=%s",
                         self._name,

@@ -43,6 +43,7 @@ from bot.pipeline import Pipeline
 from bot.verification import Verifier
 from handlers.undecryptable import tell_undecryptable
 from schemas.messages import InboxItem
+from storage.disk_faults import is_disk_fault
 from storage.engine import Store
 
 log = logging.getLogger(__name__)
@@ -133,8 +134,14 @@ class SyncLoop:
                 raise
             except Exception as exc:
                 self.failures += 1
-                log.warning("sync failed (%s); retrying in %.0f s", _describe(exc), delay)
-                await asyncio.sleep(delay)
+                if is_disk_fault(exc):
+                    # The batch was not stored and the token did not move: the same sync
+                    # is repeated once the database can be written (store.faults logs it,
+                    # once a minute), or after the back-off.
+                    await self.store.faults.wait_writable(delay)
+                else:
+                    log.warning("sync failed (%s); retrying in %.0f s", _describe(exc), delay)
+                    await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF_S)
                 continue
             delay = MIN_BACKOFF_S
@@ -174,6 +181,9 @@ class SyncLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the token has moved on: the sync itself succeeded
+            if is_disk_fault(exc):
+                self._maybe_undecrypted = True  # tried again on a later sync
+                return str(resp.next_batch)
             log.warning("retrying undecrypted events failed (%s)", _describe(exc))
         return str(resp.next_batch)
 

@@ -39,14 +39,16 @@ from nio.event_builders import ToDeviceMessage
 from bot.device_trust import DeviceTrust
 from bot.sas import BotSas
 from handlers import device_trust as say
-from handlers.settings import Settings
+from handlers.commands import COMMANDS, screened_words, static_refusal
+from handlers.settings import CurrentSettings, Settings
 from schemas.messages import InboxItem
 from storage.engine import Store
 from storage.tx import Tx
 
 log = logging.getLogger(__name__)
 
-VERIFY_COMMANDS = ("!verify", "!verify-match", "!verify-reject")
+# Declared in the command table (handlers/commands.py), answered here as they arrive.
+VERIFY_COMMANDS = screened_words()
 SAS_METHOD = "m.sas.v1"
 EXPIRY_S = say.EXPIRY_MINUTES * 60
 
@@ -75,11 +77,16 @@ class _Notice:
 
 class Verifier:
     def __init__(
-        self, client: AsyncClient, store: Store, settings: Settings, trust: DeviceTrust
+        self,
+        client: AsyncClient,
+        store: Store,
+        settings: Settings | CurrentSettings,
+        trust: DeviceTrust,
     ) -> None:
         self.client = client
         self.store = store
-        self.settings = settings
+        # The holder shared with the pipeline: roles as they are now, after any reload.
+        self.current = CurrentSettings.of(settings)
         self.trust = trust
         self.sessions: dict[str, Verification] = {}
         self._notices: list[_Notice] = []
@@ -87,6 +94,11 @@ class Verifier:
         self._starting: set[tuple[str, str]] = set()
 
     # -- screening incoming messages (called by the sync loop, no I/O) --------------------
+
+    @property
+    def settings(self) -> Settings:
+        """The settings in force now (read on every use, never kept)."""
+        return self.current.current
 
     def _session(self, event: Any, room_id: str) -> Any:
         """The Megolm session a message was decrypted with, if it came straight from its
@@ -116,16 +128,18 @@ class Verifier:
     def screen(self, event: Any, room_id: str, item: InboxItem | None) -> InboxItem | None:
         """Take verification commands out of the inbox, and, in strict mode, messages from
         sessions that are not verified (answered with a notice, never stored)."""
-        if item is None or item.state != "pending" or "body" not in item.payload:
+        if item is None or item.state != "pending":
             return item
-        body = str(item.payload["body"])
+        if "body" not in item.payload and "poll_of" not in item.payload:
+            return item
+        body = str(item.payload.get("body", ""))  # a poll response has none
         words = body.strip().split("\n", 1)[0].split()
         word = words[0].lower() if words else ""
         device = self.sending_device(event, room_id)
         vouched = device is not None and self.trust.vouches_for(device)
         trusted = device is not None and self.trust.is_trusted(event.sender, device.id)
         if word in VERIFY_COMMANDS:
-            self._command(item, word, words[1:], device, vouched, readable=trusted)
+            self.command(item, word, words[1:], device, vouched, readable=trusted)
             return None
         if device is not None:
             refused = self.trust.is_refused(event.sender, device.id)
@@ -172,7 +186,7 @@ class Verifier:
 
         self._notices.append(_Notice(write))
 
-    def _command(
+    def command(
         self,
         item: InboxItem,
         word: str,
@@ -182,73 +196,56 @@ class Verifier:
         *,
         readable: bool,
     ) -> None:
-        sender = item.sender
+        """A verification command; `vouched`: it came from a session verified with the bot
+        (established by `screen` from the message's keys). Only queues replies and actions."""
         if word == "!verify":
-            self._reply(item, self._verify(sender, args, device, item.room_id), readable=readable)
-            return
-        # !verify-match / !verify-reject: only a verified session can vouch.
+            text = self._verify(item.sender, args, device, item.room_id)
+        else:
+            text = self._vouch(item, word, args, vouched)
+        self._reply(item, text, readable=readable)
+
+    def _vouch(self, item: InboxItem, word: str, args: list[str], vouched: bool) -> str:
+        """`!verify-match` / `!verify-reject` [@user] SESSION: a verified session confirms
+        (or rejects) the emoji shown for a session waiting for it."""
+        sender = item.sender
         if not vouched:
-            self._reply(
-                item,
+            return (
                 f"Only a session that is already verified with me can use {word}. Nothing "
-                "was changed.",
-                readable=readable,
+                "was changed."
             )
-            return
         if len(args) == 1:
             user_id, device_id = sender, args[0]
         elif len(args) == 2 and args[0].startswith("@"):
             user_id, device_id = args
         else:
-            self._reply(
-                item,
+            return (
                 f"Use {word} SESSION for your own session, or {word} @user:server SESSION "
-                "(advice team).",
-                readable=readable,
+                "(advice team)."
             )
-            return
-        if user_id != sender and not self.settings.is_team(sender):
-            self._reply(
-                item,
-                "Only the advice team can confirm another person's session. Nothing was changed.",
-                readable=readable,
-            )
-            return
-        if user_id != sender and not (
-            item.room_id == self.settings.advice_team_room or item.payload.get("private")
-        ):
-            self._reply(
-                item,
-                f"Use {word} for someone else in the advice-team room or in a direct "
-                "message with me. Nothing was changed.",
-                readable=readable,
-            )
-            return
+        if user_id != sender:
+            # Someone else's session: the table's form for that (advice team; the
+            # advice-team room or a DM), checked against the settings in force now.
+            private = bool(item.payload.get("private"))
+            form = COMMANDS[word].also[0]
+            refused = static_refusal(form, word, sender, item.room_id, private, self.settings)
+            if refused is not None:
+                return refused
         active = self._active(user_id, device_id)
         if active is None or not active.shown_in:
-            self._reply(
-                item,
+            return (
                 f"There is no verification of session {device_id} of {user_id} waiting for "
-                "confirmation (they expire after a few minutes). Nothing was changed.",
-                readable=readable,
+                "confirmation (they expire after a few minutes). Nothing was changed."
             )
-            return
         if word == "!verify-match":
             self._actions.append(lambda: self._confirm(active, sender))
-            self._reply(
-                item,
+            return (
                 f"Confirmed on my side for session {device_id} of {user_id}. It is verified "
-                "as soon as 'They match' is pressed on that session.",
-                readable=readable,
+                "as soon as 'They match' is pressed on that session."
             )
-        else:
-            self._actions.append(lambda: self._reject(active, sender))
-            self._reply(
-                item,
-                f"Cancelled the verification of session {device_id} of {user_id}. Nothing "
-                "was trusted.",
-                readable=readable,
-            )
+        self._actions.append(lambda: self._reject(active, sender))
+        return (
+            f"Cancelled the verification of session {device_id} of {user_id}. Nothing was trusted."
+        )
 
     def _verify(self, sender: str, args: list[str], device: Any, room_id: str) -> str:
         """`!verify [SESSION]`: start verifying the sender's own session."""

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import logging
 
-from handlers.notify import reply
-from handlers.ports import Incoming, Reloader
+from handlers.context import Call
+from handlers.ports import Reloader
 from handlers.render import Doc
-from handlers.settings import Settings
-from storage.tx import Tx
+from schemas.domain import Purpose
 
 log = logging.getLogger(__name__)
 
 
-async def reload_command(
-    tx: Tx, msg: Incoming, settings: Settings, reloader: Reloader | None
-) -> None:
-    if not settings.is_admin(msg.sender):
-        doc = Doc().para("Only an admin (team.admins in the configuration) can use !reload.")
-    elif msg.room_id != settings.advice_team_room and not msg.private:
-        doc = Doc().para("Use !reload in the advice-team room or in a direct message with me.")
-    elif reloader is None:
+async def reload(c: Call) -> None:
+    """Who may and where is the command table's rule (admins; advice-team room or DM)."""
+    if c.reloader is None:
         doc = Doc().para(
             "This bot was not started from a configuration file, so there is nothing to "
             "reload. Nothing was changed."
         )
     else:
-        doc = _outcome_doc(reloader)
-        log.info("reload asked: event=%s", msg.event_id)
-    await reply(tx, msg, "reload", doc, sensitive=False)
+        doc = _outcome_doc(c.reloader)
+        log.info("reload asked: event=%s", c.msg.event_id)
+    await c.say(doc, Purpose.RELOAD, sensitive=False)
 
 
 def _outcome_doc(reloader: Reloader) -> Doc:

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import re
 
+from handlers.context import MIN_REASON, Call, Refusal, in_team_place
 from handlers.notify import LABEL, team_message, thread_message
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
-from handlers.workflow import MIN_REASON, Call, Refusal
+from schemas.domain import Kind, Purpose
 from schemas.records import Referral
 from storage.tx import Tx
 
@@ -38,7 +39,7 @@ async def on_edit(tx: Tx, msg: Incoming, settings: Settings) -> None:
         referral = None
     if referral is not None:
         await tx.append_record(
-            referral.id, msg.sender, "edit_not_applied", {"event_id": msg.event_id}
+            referral.id, msg.sender, Kind.EDIT_NOT_APPLIED, {"event_id": msg.event_id}
         )
         doc = (
             Doc()
@@ -54,8 +55,8 @@ async def on_edit(tx: Tx, msg: Incoming, settings: Settings) -> None:
             referral,
             doc,
             to=msg.sender,
-            txn_id=txn_id_for(msg.event_id, "edit_not_applied"),
-            purpose="edit_not_applied",
+            txn_id=txn_id_for(msg.event_id, Purpose.EDIT_NOT_APPLIED),
+            purpose=Purpose.EDIT_NOT_APPLIED,
         )
         return
     if not msg.command:
@@ -68,8 +69,8 @@ async def on_edit(tx: Tx, msg: Incoming, settings: Settings) -> None:
     body, html = doc.render()
     await tx.enqueue(
         OutgoingMessage(msg.room_id, body, html, reply_to=msg.edit_of, sensitive=False),
-        txn_id=txn_id_for(msg.event_id, "edit_not_applied"),
-        purpose="edit_not_applied",
+        txn_id=txn_id_for(msg.event_id, Purpose.EDIT_NOT_APPLIED),
+        purpose=Purpose.EDIT_NOT_APPLIED,
     )
 
 
@@ -82,7 +83,7 @@ async def on_redaction(tx: Tx, msg: Incoming, settings: Settings) -> None:
     await tx.append_record(
         referral.id,
         msg.sender,
-        "message_deleted_in_chat",
+        Kind.MESSAGE_DELETED_IN_CHAT,
         {"event_id": msg.redacts, "redaction": msg.event_id},
     )
     label = LABEL[referral.current_type]
@@ -101,8 +102,8 @@ async def on_redaction(tx: Tx, msg: Incoming, settings: Settings) -> None:
     # Not in the thread of the deleted message: a plain message in the room.
     await tx.enqueue(
         OutgoingMessage(referral.room_id, body, html, mentions=(referral.sender,)),
-        txn_id=txn_id_for(msg.event_id, "message_deleted"),
-        purpose="message_deleted",
+        txn_id=txn_id_for(msg.event_id, Purpose.MESSAGE_DELETED),
+        purpose=Purpose.MESSAGE_DELETED,
         referral_id=referral.id,
     )
     await _tell_team(
@@ -111,8 +112,8 @@ async def on_redaction(tx: Tx, msg: Incoming, settings: Settings) -> None:
         referral,
         f"{referral.ref}: its message was deleted in the chat by {msg.sender}. The referral "
         f"stays on record. !show {referral.ref} for the details.",
-        txn_id=txn_id_for(msg.event_id, "message_deleted_team"),
-        purpose="message_deleted_team",
+        txn_id=txn_id_for(msg.event_id, Purpose.MESSAGE_DELETED_TEAM),
+        purpose=Purpose.MESSAGE_DELETED_TEAM,
     )
 
 
@@ -126,23 +127,20 @@ async def amend(c: Call) -> None:
             f"Only the practitioner who sent {r.ref} or the advice team can amend it. "
             "Nothing was changed."
         )
-    room_ok = (
-        c.msg.private or c.msg.room_id == c.settings.advice_team_room or c.msg.room_id == r.room_id
-    )
-    if not room_ok:
+    if not in_team_place(c.msg.room_id, c.msg.private, c.settings) and c.msg.room_id != r.room_id:
         raise Refusal(
             f"Use !amend in a direct message with me, or where {r.ref} was sent. "
             "Nothing was changed."
         )
     if len(text) < MIN_REASON:
         raise Refusal(f"Write the correction after the reference: !amend {r.ref} the correction.")
-    await c.record(r, "amended", {"text": text, "event_id": c.msg.event_id})
+    await c.record(r, Kind.AMENDED, {"text": text, "event_id": c.msg.event_id})
     await c.say(
         Doc().para(
             f"Correction added to the running record of {r.ref}. The referral as first sent "
             "is kept as well; the advice team has been told."
         ),
-        "amended",
+        Purpose.AMENDED,
         referral_id=r.id,
     )
     if c.msg.room_id != c.settings.advice_team_room:
@@ -152,8 +150,8 @@ async def amend(c: Call) -> None:
             c.settings,
             r,
             f"{r.ref}: {who} added a correction to the running record. !show {r.ref} to read it.",
-            txn_id=txn_id_for(c.msg.event_id, "amended_team"),
-            purpose="amended_team",
+            txn_id=txn_id_for(c.msg.event_id, Purpose.AMENDED_TEAM),
+            purpose=Purpose.AMENDED_TEAM,
         )
 
 

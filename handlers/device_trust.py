@@ -18,6 +18,7 @@ from handlers.notify import team_message
 from handlers.ports import OutgoingMessage, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
+from schemas.domain import Purpose
 from storage.tx import Tx
 
 EXPIRY_MINUTES = 5
@@ -83,7 +84,7 @@ async def announce_key_change(tx: Tx, settings: Settings, change: KeyChange) -> 
             f"key-change\x00{change.user_id}\x00{change.device_id}\x00{change.new_ed25519}",
             "key_change",
         ),
-        purpose="key_change",
+        purpose=Purpose.KEY_CHANGE,
     )
 
 
@@ -153,8 +154,8 @@ async def unverified_device_notice(
         tx,
         room_id=room_id,
         doc=doc,
-        txn_id=txn_id_for(event_id, "unverified_device"),
-        purpose="unverified_device",
+        txn_id=txn_id_for(event_id, Purpose.UNVERIFIED_DEVICE),
+        purpose=Purpose.UNVERIFIED_DEVICE,
         reply_to=event_id,
         plaintext=True,
     )
@@ -168,8 +169,8 @@ async def verification_reply(
         tx,
         room_id=room_id,
         doc=Doc().para(text),
-        txn_id=txn_id_for(event_id, "verify_reply"),
-        purpose="verify_reply",
+        txn_id=txn_id_for(event_id, Purpose.VERIFY_REPLY),
+        purpose=Purpose.VERIFY_REPLY,
         reply_to=event_id,
         plaintext=plaintext,
     )
@@ -223,8 +224,8 @@ async def show_sas(
         tx,
         room_id=room_id,
         doc=doc,
-        txn_id=txn_id_for(f"sas\x00{transaction}\x00{room_id}", "show_sas"),
-        purpose="show_sas",
+        txn_id=txn_id_for(f"sas\x00{transaction}\x00{room_id}", Purpose.SHOW_SAS),
+        purpose=Purpose.SHOW_SAS,
     )
 
 
@@ -254,7 +255,7 @@ async def verification_finished(
         tx,
         room_id=room_id,
         doc=doc,
-        txn_id=txn_id_for(f"sas\x00{transaction}\x00{room_id}", "verify_done"),
-        purpose="verify_done",
+        txn_id=txn_id_for(f"sas\x00{transaction}\x00{room_id}", Purpose.VERIFY_DONE),
+        purpose=Purpose.VERIFY_DONE,
         plaintext=plaintext,
     )

@@ -11,18 +11,26 @@ and the minutes are appended to the referral's running record and told to the re
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime
 
+from handlers.context import USER_RE, Call, Handler, Refusal, split_args
+from handlers.meeting_record import (
+    attendance_lines,
+    close_checklist,
+    dmy,
+    minutes_doc,
+)
 from handlers.notify import LABEL, LONDON, format_time, tell_referrer
 from handlers.pattern import agency_of, find_pattern
-from handlers.ports import Incoming, OutgoingMessage, RoomSpec, txn_id_for
+from handlers.ports import OutgoingMessage, RoomSpec, txn_id_for
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.views import form_rows
-from handlers.workflow import USER_RE, Call, Refusal, _split
+from schemas.domain import Channel, Kind, Outcome, Purpose, Told
 from schemas.records import Meeting, MeetingItem, Participant, Referral
 from storage.tx import Tx
 
@@ -35,14 +43,6 @@ QUESTIONS = (
     "What does each agency know? Is anything missing (health, education, police, GP)?",
     "Is an initial child protection conference needed?",
 )
-ATTENDANCE = {
-    "to_invite": "invite being sent",
-    "invited": "no response yet",
-    "joined": "attended",
-    "left": "attended (left)",
-    "declined": "declined",
-}
-ATTENDED = ("joined", "left")
 
 
 # -- setting up ------------------------------------------------------------------------
@@ -56,6 +56,23 @@ def _agencies_named(referral: Referral, settings: Settings) -> list[str]:
         for key, agency in settings.agencies.items()
         if key in said.split() or agency.name.casefold() in said or said in agency.name.casefold()
     ]
+
+
+def _agencies_wanted(referral: Referral, settings: Settings) -> list[str]:
+    """The required agencies, the referrer's own, and the child's school and GP when known
+    (asked through their agencies' leads)."""
+    wanted = list(
+        dict.fromkeys([*settings.meetings.required_agencies, *_agencies_named(referral, settings)])
+    )
+    child = referral.form.get("child", {})
+    for field, key in (("school", "education"), ("gp", "gp")):
+        if (
+            child.get(field)
+            and key not in wanted
+            and (key in settings.agencies or key == "education")
+        ):
+            wanted.append(key)
+    return wanted
 
 
 async def start_meeting(
@@ -77,7 +94,7 @@ async def start_meeting(
         scheduled=scheduled,
     )
     await tx.add_participant(meeting_id, called_by, agency="csc", role="chair", status="to_invite")
-    if referral.channel == "matrix" and settings.is_allowed(referral.sender):
+    if referral.channel == Channel.MATRIX and settings.is_allowed(referral.sender):
         await tx.add_participant(
             meeting_id,
             referral.sender,
@@ -85,20 +102,8 @@ async def start_meeting(
             role="referrer",
             status="to_invite",
         )
-    problems: list[str] = []
-    wanted = list(
-        dict.fromkeys([*settings.meetings.required_agencies, *_agencies_named(referral, settings)])
-    )
-    # The child's school and GP, when known, are asked through their agencies' leads.
-    child = referral.form.get("child", {})
-    for field, key in (("school", "education"), ("gp", "gp")):
-        if (
-            child.get(field)
-            and key not in wanted
-            and (key in settings.agencies or key == "education")
-        ):
-            wanted.append(key)
-    for key in wanted:
+    problems = []
+    for key in _agencies_wanted(referral, settings):
         agency = settings.agencies.get(key)
         lead = agency.safeguarding_lead if agency else None
         if lead is None:
@@ -110,7 +115,7 @@ async def start_meeting(
     await tx.append_record(
         referral.id,
         called_by,
-        "strategy_meeting_called",
+        Kind.STRATEGY_MEETING_CALLED,
         {"meeting": meeting_id, "scheduled": scheduled, "not_invited": problems},
     )
     return meeting_id, problems
@@ -177,11 +182,14 @@ async def room_created(tx: Tx, meeting_id: int, room_id: str, settings: Settings
     await tx.enqueue(
         OutgoingMessage(room_id, body, html),
         txn_id=txn_id_for(f"meeting{meeting_id}", "agenda"),
-        purpose="meeting_agenda",
+        purpose=Purpose.MEETING_AGENDA,
         referral_id=referral.id,
     )
     await tx.append_record(
-        referral.id, settings.bot_user_id, "strategy_meeting_room_created", {"meeting": meeting_id}
+        referral.id,
+        settings.bot_user_id,
+        Kind.STRATEGY_MEETING_ROOM_CREATED,
+        {"meeting": meeting_id},
     )
 
 
@@ -189,9 +197,9 @@ async def room_created(tx: Tx, meeting_id: int, room_id: str, settings: Settings
 
 
 async def strategy(c: Call) -> None:
-    ref, scheduled = _split(c.args, 2)
+    ref, scheduled = split_args(c.args, 2)
     r = await c.referral(ref)
-    if not r.is_open and r.outcome != "strategy discussion (section 47)":
+    if not r.is_open and r.outcome != Outcome.STRATEGY:
         raise Refusal(
             f"{r.ref} is decided ({r.outcome}); a strategy meeting needs an open referral."
         )
@@ -213,7 +221,7 @@ async def strategy(c: Call) -> None:
         c.tx,
         r,
         c.msg.event_id,
-        "strategy",
+        Told.STRATEGY,
         Doc().para(
             "A strategy meeting has been called about your referral"
             + (f" ({scheduled.strip()})" if scheduled.strip() else "")
@@ -232,30 +240,22 @@ class MeetingCall:
     referral: Referral
 
 
-async def meeting_command(
-    tx: Tx, msg: Incoming, settings: Settings, meeting: Meeting, word: str, args: str
-) -> bool:
-    """Handle a command typed in a meeting room. False if `word` is not a meeting command."""
-    handler = MEETING_COMMANDS.get(word)
-    if handler is None:
-        return False
-    referral = await tx.referral_by_id(meeting.referral_id)
-    assert referral is not None
-    call = Call(tx, msg, settings, args)
-    participants = {p.user_id for p in await tx.participants(meeting.id)}
-    await tx.savepoint()
-    try:
-        if msg.sender not in participants and not settings.is_team(msg.sender):
-            raise Refusal("Only people invited to this meeting can use its commands.")
-        if meeting.state != "open" and word not in ("!done", "!minutes", "!attendance"):
-            raise Refusal("This meeting is closed. Its minutes are on the referral's record.")
+MeetingHandler = Callable[[MeetingCall], Awaitable[None]]
+
+
+def in_meeting(handler: MeetingHandler) -> Handler:
+    """A command typed in a meeting's room, given its meeting and referral. The command
+    table has already checked the room, who may use it and whether the meeting is open."""
+
+    @functools.wraps(handler)
+    async def run(call: Call) -> None:
+        meeting = await call.tx.meeting_by_room(call.msg.room_id)
+        assert meeting is not None, "the table lets meeting commands into meeting rooms only"
+        referral = await call.tx.referral_by_id(meeting.referral_id)
+        assert referral is not None
         await handler(MeetingCall(call, meeting, referral))
-    except Refusal as refusal:
-        await tx.rollback_to_savepoint()
-        await call.say(Doc().para(str(refusal)), "refused")
-    else:
-        await tx.release_savepoint()
-    return True
+
+    return run
 
 
 def _agency(m: MeetingCall, user_id: str) -> str | None:
@@ -280,7 +280,7 @@ async def info(m: MeetingCall) -> None:
 
 
 async def views(m: MeetingCall) -> None:
-    whose, text = _split(m.call.args, 2)
+    whose, text = split_args(m.call.args, 2)
     if whose.lower() not in ("child", "parents"):
         raise Refusal(
             "Say whose views: !views child what the child said (or why their views could not "
@@ -297,7 +297,7 @@ async def views(m: MeetingCall) -> None:
 
 
 async def action(m: MeetingCall) -> None:
-    owner, when, text = _split(m.call.args, 3)
+    owner, when, text = split_args(m.call.args, 3)
     if not USER_RE.match(owner):
         raise Refusal("Every action needs an owner: !action @owner:server dd/mm/yyyy what to do.")
     if not m.call.settings.is_allowed(owner):
@@ -322,7 +322,7 @@ async def decision(m: MeetingCall) -> None:
 
 
 async def done(m: MeetingCall) -> None:
-    word = _split(m.call.args, 1)[0]
+    word = split_args(m.call.args, 1)[0]
     if not word.isdigit():
         raise Refusal("Give the action's number: !done 2")
     items = {i.number: i for i in await m.call.tx.items(m.meeting.id) if i.kind == "action"}
@@ -340,7 +340,7 @@ async def done(m: MeetingCall) -> None:
     await m.call.tx.append_record(
         m.referral.id,
         m.call.msg.sender,
-        "meeting_action_done",
+        Kind.MEETING_ACTION_DONE,
         {"meeting": m.meeting.id, "action": int(word), "text": item.text},
     )
     await m.call.say(Doc().para(f"Action {word} marked done."))
@@ -350,9 +350,7 @@ async def attendance(m: MeetingCall) -> None:
     participants = await m.call.tx.participants(m.meeting.id)
     items = await m.call.tx.items(m.meeting.id)
     await m.call.say(
-        Doc()
-        .heading("Attendance")
-        .bullets(*_attendance_lines(participants, items, m.call.settings))
+        Doc().heading("Attendance").bullets(*attendance_lines(participants, items, m.call.settings))
     )
 
 
@@ -363,7 +361,7 @@ async def minutes(m: MeetingCall) -> None:
 
 
 async def chair(m: MeetingCall) -> None:
-    new = _split(m.call.args, 1)[0]
+    new = split_args(m.call.args, 1)[0]
     s = m.call.settings
     if m.call.msg.sender != m.meeting.chair and not s.is_manager(m.call.msg.sender):
         raise Refusal("Only the chair or a team manager can change the chair.")
@@ -378,14 +376,14 @@ async def chair(m: MeetingCall) -> None:
     await m.call.tx.append_record(
         m.referral.id,
         m.call.msg.sender,
-        "meeting_chair_changed",
+        Kind.MEETING_CHAIR_CHANGED,
         {"meeting": m.meeting.id, "to": new},
     )
     await m.call.say(Doc().para(f"{new} now chairs this meeting."))
 
 
 async def invite_agency(m: MeetingCall) -> None:
-    key = _split(m.call.args, 1)[0].lower()
+    key = split_args(m.call.args, 1)[0].lower()
     agency = m.call.settings.agencies.get(key)
     if agency is None:
         known = ", ".join(sorted(m.call.settings.agencies)) or "none configured"
@@ -396,7 +394,7 @@ async def invite_agency(m: MeetingCall) -> None:
 
 
 async def invite(m: MeetingCall) -> None:
-    user = _split(m.call.args, 1)[0]
+    user = split_args(m.call.args, 1)[0]
     if not USER_RE.match(user):
         raise Refusal("Give a full Matrix ID: !invite @name:server")
     await _invite(m, user, m.call.settings.agency_of(user), "invited")
@@ -417,7 +415,7 @@ async def close(m: MeetingCall) -> None:
     tx, s = m.call.tx, m.call.settings
     if m.call.msg.sender != m.meeting.chair:
         raise Refusal(f"Only the chair ({m.meeting.chair}) can close the meeting.")
-    word, reason = _split(m.call.args, 2)
+    word, reason = split_args(m.call.args, 2)
     override = word.lower() == "anyway"
     participants = await tx.participants(m.meeting.id)
     items = await tx.items(m.meeting.id)
@@ -437,11 +435,11 @@ async def close(m: MeetingCall) -> None:
     assert meeting is not None
     doc = await minutes_doc(tx, meeting, m.referral, s, final=True)
     text, _ = doc.render()
-    await m.call.say(doc, "minutes")
+    await m.call.say(doc, Purpose.MINUTES)
     await tx.append_record(
         m.referral.id,
         m.call.msg.sender,
-        "strategy_meeting_minutes",
+        Kind.STRATEGY_MEETING_MINUTES,
         {"meeting": m.meeting.id, "text": text},
     )
     decisions = [i.text for i in items if i.kind == "decision"]
@@ -452,138 +450,9 @@ async def close(m: MeetingCall) -> None:
     )
     if actions:
         update.heading("Actions").bullets(
-            *(f"{a.number}. {a.text} — {a.owner}, by {_dmy(a.due)}" for a in actions)
+            *(f"{a.number}. {a.text} — {a.owner}, by {dmy(a.due)}" for a in actions)
         )
-    await tell_referrer(tx, m.referral, m.call.msg.event_id, "meeting_outcome", update)
-
-
-def close_checklist(
-    participants: list[Participant], items: list[MeetingItem], settings: Settings
-) -> tuple[list[str], list[str]]:
-    """(problems that block closing, agencies that must be accounted for but are not)."""
-    kinds = {i.kind for i in items}
-    problems = []
-    if "view_child" not in kinds:
-        problems.append(
-            "record the child's views, or why they could not be obtained: !views child …"
-        )
-    if "view_parents" not in kinds:
-        problems.append(
-            "record the parents' views, or why they could not be obtained: !views parents …"
-        )
-    for i in items:
-        if i.kind == "action" and (not i.owner or not i.due):
-            problems.append(f"action {i.number} has no owner or due date")
-    if "decision" not in kinds:
-        problems.append("record the meeting's decisions: !decision …")
-    accounted = {p.agency for p in participants if p.status in ATTENDED}
-    accounted |= {i.agency for i in items if i.kind == "info"}
-    absent = [key for key in settings.meetings.must_account_for if key not in accounted]
-    return problems, absent
-
-
-def _attendance_lines(
-    participants: list[Participant], items: list[MeetingItem], settings: Settings
-) -> list[str]:
-    informed = {i.agency for i in items if i.kind == "info"}
-    lines = []
-    for p in participants:
-        status = ATTENDANCE[p.status]
-        if p.agency in informed and p.status not in ATTENDED:
-            status += ", information provided"
-        lines.append(f"{p.agency or 'no agency'} · {p.user_id} · {p.role} · {status}")
-    listed = {p.agency for p in participants}
-    for key in settings.meetings.must_account_for:
-        if key not in listed:
-            lines.append(
-                f"{key} · NOBODY INVITED" + (" · information provided" if key in informed else "")
-            )
-    return lines
-
-
-async def minutes_doc(
-    tx: Tx, meeting: Meeting, referral: Referral, settings: Settings, *, final: bool
-) -> Doc:
-    participants = await tx.participants(meeting.id)
-    items = await tx.items(meeting.id)
-    title = "Minutes" if final else "Minutes so far"
-    doc = Doc().heading(
-        f"{title}: strategy meeting for {referral.ref} ({LABEL[referral.current_type]})"
-    )
-    doc.fields(
-        ("Chair", meeting.chair),
-        ("Called", format_time(meeting.created_at)),
-        ("Scheduled", meeting.scheduled or "at once"),
-        ("Closed", format_time(meeting.closed_at) if meeting.closed_at else "open"),
-    )
-    doc.heading("Invited").bullets(
-        *_or_none([f"{p.user_id} ({p.agency or 'no agency'}, {p.role})" for p in participants])
-    )
-    attended = [p for p in participants if p.status in ATTENDED]
-    missing = [p for p in participants if p.status not in ATTENDED]
-    doc.heading("Attended").bullets(
-        *_or_none([f"{p.user_id} ({p.agency or 'no agency'})" for p in attended])
-    )
-    doc.heading("Invited but did not attend").bullets(
-        *_or_none(
-            [f"{p.user_id} ({p.agency or 'no agency'}): {ATTENDANCE[p.status]}" for p in missing]
-        )
-    )
-    sections = (
-        ("Information provided", "info"),
-        ("The child's views", "view_child"),
-        ("The parents' views", "view_parents"),
-        ("Decisions", "decision"),
-        ("Recommendations", "recommendation"),
-    )
-    for title_, kind in sections:
-        chosen = [i for i in items if i.kind == kind]
-        texts = [f"{i.text} ({i.agency or i.author})" for i in chosen] or ["none recorded"]
-        doc.heading(title_).bullets(*texts)
-        if kind == "decision":
-            actions = [i for i in items if i.kind == "action"]
-            doc.heading("Actions").bullets(
-                *_or_none(
-                    [
-                        f"{a.number}. {a.text} — owner {a.owner}, due {_dmy(a.due)}"
-                        + (f" — DONE {format_time(a.done_at)}" if a.done_at else "")
-                        for a in actions
-                    ],
-                    "none recorded",
-                )
-            )
-    if meeting.close_note:
-        doc.para(meeting.close_note, strong=True)
-    return doc
-
-
-def meetings_section(doc: Doc, meetings: list[tuple[Meeting, list[MeetingItem]]]) -> None:
-    """For !show: the plan and decisions of every meeting on a referral."""
-    if not meetings:
-        return
-    doc.heading("Strategy meetings")
-    for meeting, items in meetings:
-        lines = [
-            f"Meeting {meeting.id} ({meeting.state}), chair {meeting.chair}, "
-            f"called {format_time(meeting.created_at)}"
-        ]
-        lines += [f"Decision: {i.text}" for i in items if i.kind == "decision"]
-        lines += [
-            f"Action {i.number}: {i.text} — {i.owner}, due {_dmy(i.due)}"
-            + (" (done)" if i.done_at else " (open)")
-            for i in items
-            if i.kind == "action"
-        ]
-        lines += [f"Recommendation: {i.text}" for i in items if i.kind == "recommendation"]
-        doc.bullets(*lines)
-
-
-def _or_none(lines: list[str], empty: str = "nobody") -> list[str]:
-    return lines or [empty]
-
-
-def _dmy(iso: str | None) -> str:
-    return date.fromisoformat(iso).strftime("%d/%m/%Y") if iso else "no date"
+    await tell_referrer(tx, m.referral, m.call.msg.event_id, Told.MEETING_OUTCOME, update)
 
 
 _DATE = re.compile(r"^(\d{1,2})/(\d{1,2})/(\d{4})$")
@@ -597,96 +466,3 @@ def _parse_date(text: str) -> date | None:
         return date(int(found[3]), int(found[2]), int(found[1]))
     except ValueError:
         return None
-
-
-async def on_membership(tx: Tx, msg: Incoming, settings: Settings, meeting: Meeting) -> None:
-    """Attendance follows what people do with their invite."""
-    if msg.target is None or msg.membership is None:
-        return
-    status = {"join": "joined", "leave": "declined", "invite": "invited"}.get(msg.membership)
-    if status is None:
-        return
-    current = {p.user_id: p.status for p in await tx.participants(meeting.id)}
-    if msg.target not in current:
-        return
-    if msg.membership == "leave" and current[msg.target] in ATTENDED:
-        status = "left"
-    if await tx.set_participant_status(meeting.id, msg.target, status):
-        await tx.append_record(
-            meeting.referral_id, msg.target, f"meeting_{status}", {"meeting": meeting.id}
-        )
-
-
-async def chase_actions(tx: Tx, settings: Settings) -> int:
-    """Remind owners before an action is due; tell the chair of overdue actions until done."""
-    now = tx.now
-    queued = 0
-    interval = timedelta(minutes=settings.deadlines.reminder_interval_minutes)
-    for meeting, item in await tx.open_actions():
-        if meeting.room_id is None or item.due is None:
-            continue
-        due_day = date.fromisoformat(item.due)
-        due_end = datetime.combine(due_day, time(17, 0), LONDON)
-        remind_from = datetime.combine(
-            due_day - timedelta(days=settings.meetings.action_reminder_days), time(9, 0), LONDON
-        )
-        overdue = now > due_end
-        if overdue:
-            if item.overdue_told_at is not None and now - item.overdue_told_at < interval:
-                continue
-            text = (
-                f"OVERDUE: action {item.number} ({item.text}) was due {_dmy(item.due)}; "
-                f"owner {item.owner}. Mark it with !done {item.number}."
-            )
-            mentions = (meeting.chair,)
-        elif now >= remind_from and item.reminded_at is None:
-            text = (
-                f"Reminder: action {item.number} ({item.text}) is due {_dmy(item.due)}. "
-                f"Mark it with !done {item.number}."
-            )
-            mentions = (item.owner or meeting.chair,)
-        else:
-            continue
-        body, html = Doc().para(text, strong=overdue).render()
-        stamp = now.strftime("%Y%m%d%H%M") if overdue else "before"
-        await tx.enqueue(
-            OutgoingMessage(meeting.room_id, body, html, mentions=mentions),
-            txn_id=txn_id_for(f"action{item.id}#{stamp}", "action_reminder"),
-            purpose="action_reminder",
-            referral_id=meeting.referral_id,
-        )
-        await tx.mark_action_reminded(item.id, overdue=overdue)
-        queued += 1
-    return queued
-
-
-MeetingHandler = Callable[[MeetingCall], Awaitable[None]]
-MEETING_COMMANDS: dict[str, MeetingHandler] = dict(
-    {
-        "!info": info,
-        "!views": views,
-        "!action": action,
-        "!recommendation": recommendation,
-        "!decision": decision,
-        "!done": done,
-        "!attendance": attendance,
-        "!minutes": minutes,
-        "!chair": chair,
-        "!invite-agency": invite_agency,
-        "!invite": invite,
-        "!close": close,
-    }
-)
-MEETING_HELP: tuple[tuple[str, str], ...] = (
-    ("!attendance", "who was invited, attended, declined, or sent information"),
-    ("!info text", "information from an agency that cannot attend"),
-    ("!views child text / !views parents text", "their views, or why they could not be had"),
-    ("!action @owner dd/mm/yyyy text", "an agreed action: owner and due date required"),
-    ("!recommendation text", "a recommendation (kept apart from actions)"),
-    ("!decision text", "a decision of the meeting"),
-    ("!done N", "action N is complete"),
-    ("!minutes", "the minutes so far"),
-    ("!invite-agency KEY / !invite @user", "invite an agency's safeguarding lead, or a person"),
-    ("!chair @user", "the chair or a manager hands over the chair"),
-    ("!close", "the chair closes the meeting; minutes go to the referral's record"),
-)

@@ -372,6 +372,12 @@ def _match_label(line: str) -> tuple[FieldSpec, str] | None:
     return spec, rest
 
 
+def form_fields_in(body: str) -> int:
+    """How many lines of `body` start a referral form field ("Child name: ..."): a message
+    with several is someone's referral, whatever its first line says."""
+    return sum(1 for line in body.splitlines()[:200] if _match_label(line) is not None)
+
+
 def _clean_line(line: str) -> str:
     line = _LINE_CONTROL_RE.sub("", line)
     return _SURROGATE_RE.sub("\ufffd", line)
@@ -509,28 +515,32 @@ class _Reader:
     # -- splitting the message into fields
 
     def split(self, body: str) -> None:
+        """Cut the message into fields: each labelled line starts one, and every line
+        after it until the next label continues it."""
         lines = _LINE_BREAKS_RE.sub("\n", body).split("\n")
+        self._collect(self._body_lines(lines))
+        self._settle_repeats()
+
+    def _body_lines(self, lines: list[str]) -> list[tuple[int, str]]:
+        """The numbered lines after `!refer` (a problem if it is not the first line)."""
         index = 0
         while index < len(lines) and (
             not _clean_line(lines[index]).strip() or _COMMENT_RE.match(lines[index])
         ):
             index += 1
         first = _clean_line(lines[index]).strip() if index < len(lines) else ""
-        rest_of_first: str | None = None
+        numbered = [(n + 1, line) for n, line in enumerate(lines)]
         if first[: len(COMMAND)].casefold() == COMMAND and (
             len(first) == len(COMMAND) or first[len(COMMAND)].isspace()
         ):
-            rest_of_first = first[len(COMMAND) :]
-        if rest_of_first is None:
-            self.problem(
-                MESSAGE_FIELD,
-                f"must start with {COMMAND} on its own first line, followed by the fields",
-            )
-            body_lines = [(n + 1, line) for n, line in enumerate(lines)][index:]
-        else:
-            body_lines = [(index + 1, rest_of_first)]
-            body_lines += [(n + 1, line) for n, line in enumerate(lines)][index + 1 :]
+            return [(index + 1, first[len(COMMAND) :]), *numbered[index + 1 :]]
+        self.problem(
+            MESSAGE_FIELD,
+            f"must start with {COMMAND} on its own first line, followed by the fields",
+        )
+        return numbered[index:]
 
+    def _collect(self, body_lines: list[tuple[int, str]]) -> None:
         current: _Occurrence | None = None
         stray: list[tuple[int, str]] = []
         for number, raw in body_lines:
@@ -555,6 +565,8 @@ class _Reader:
                 "first field must start with a field name and a colon, such as 'Child name:'",
             )
 
+    def _settle_repeats(self) -> None:
+        """A field given twice (with values) is a problem, not a silent choice."""
         for key, found_here in self.occurrences.items():
             given = [occurrence for occurrence in found_here if occurrence.value()]
             if len(given) > 1:
@@ -642,6 +654,14 @@ class _Reader:
             )
 
         found: dict[str, date | int] = {}
+        self._date_of_birth(found)
+        self._approximate_age(found)
+        self._unborn_due_date(found)
+        if len(given) == 1:
+            self.data.update(found)
+
+    def _date_of_birth(self, found: dict[str, date | int]) -> None:
+        """Today or earlier, and under 18."""
         born = self.store_date("child.date_of_birth")
         if born is not None:
             if born > self.today:
@@ -659,6 +679,8 @@ class _Reader:
             else:
                 found["child.date_of_birth"] = born
 
+    def _approximate_age(self, found: dict[str, date | int]) -> None:
+        """Whole years, 0 to 17."""
         age_text = self.text("child.approximate_age")
         if age_text is not None:
             age = _parse_age(age_text)
@@ -671,6 +693,8 @@ class _Reader:
             else:
                 found["child.approximate_age"] = age
 
+    def _unborn_due_date(self, found: dict[str, date | int]) -> None:
+        """Within the last few days or the next ten months."""
         due = self.store_date("child.unborn_due_date")
         if due is not None:
             if due < self.today - timedelta(days=DUE_DATE_PAST_DAYS):
@@ -687,8 +711,6 @@ class _Reader:
                 )
             else:
                 found["child.unborn_due_date"] = due
-        if len(given) == 1:
-            self.data.update(found)
 
     def referral_type(self) -> None:
         key = "referral_type"
@@ -748,6 +770,23 @@ class _Reader:
         self.store_text("child.gp")
         self.referral_type()
 
+        self._concerns_and_other()
+
+        self.store_text("description")
+        self.store_bool("immediate_danger")
+        self.store_text("actions_taken")
+
+        self._parents_informed()
+
+        self.store_text("child_views")
+        for key in ("ethnicity", "religion", "first_language", "disability"):
+            self.store_text(f"identity.{key}")
+        for key in ("name", "role", "agency"):
+            self.store_text(f"referrer.{key}")
+        self._referrer_phone()
+
+    def _concerns_and_other(self) -> None:
+        """'Other concern' is needed with 'other', and only then."""
         concerns = self.concerns()
         other = self.text("concern_other")
         if other is not None:
@@ -765,10 +804,8 @@ class _Reader:
                 "Concerns or leave this empty",
             )
 
-        self.store_text("description")
-        self.store_bool("immediate_danger")
-        self.store_text("actions_taken")
-
+    def _parents_informed(self) -> None:
+        """A reason is needed when the parents were not informed, and only then."""
         informed = self.store_bool("parents_informed")
         reason = self.text("parents_not_informed_reason")
         if reason is not None:
@@ -784,11 +821,7 @@ class _Reader:
                 "only fill this in when Parents informed is no; change one of them",
             )
 
-        self.store_text("child_views")
-        for key in ("ethnicity", "religion", "first_language", "disability"):
-            self.store_text(f"identity.{key}")
-        for key in ("name", "role", "agency"):
-            self.store_text(f"referrer.{key}")
+    def _referrer_phone(self) -> None:
         phone = self.text("referrer.phone")
         if phone is not None:
             problem = phone_problem(phone)
@@ -889,3 +922,55 @@ def referral_template() -> str:
         lines.append(f"# {spec.label} ({spec.need}): {spec.help}")
         lines.append(f"{spec.label}:")
     return "\n".join(lines) + "\n"
+
+
+def parse_values(values: dict[str, str], today: date) -> ParsedReferral:
+    """The same checks as `parse_referral`, for answers already split by field key
+    (`FieldSpec.key`), as the guided conversation collects them. Never raises.
+
+    One rule set: a guided referral is validated by exactly the code that validates the
+    typed form, so the two can never disagree.
+    """
+    try:
+        reader = _Reader(today)
+        reader.values = {
+            key: clean_text(_clean_line_breaks(value))
+            for key, value in values.items()
+            if key in FIELD_BY_KEY and clean_text(value)
+        }
+        reader.check()
+        form = reader.build()
+        order = {label: index for index, label in enumerate((MESSAGE_FIELD, *FIELD_LABELS))}
+        problems = sorted(reader.problems, key=lambda p: order.get(p.field, len(order)))
+        if form is None and not problems:
+            return _refused("could not be read as a referral; please check it")
+        return ParsedReferral(form=None if problems else form, problems=tuple(problems))
+    except Exception:  # never raises, whatever it is sent
+        return _refused("could not be read as a referral; please check it")
+
+
+def _clean_line_breaks(value: str) -> str:
+    lines = _LINE_BREAKS_RE.sub("\n", value).split("\n")
+    return "\n".join(_clean_line(line) for line in lines)
+
+
+def read_labelled(text: str, keys: tuple[str, ...]) -> tuple[dict[str, str], str | None]:
+    """Lines of `Label: value` for the fields `keys` only (labels and aliases as in the
+    typed form); the values, or a problem in one line."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in _LINE_BREAKS_RE.sub("\n", text).split("\n"):
+        line = _clean_line(raw)
+        match = _match_label(line)
+        if match is not None and match[0].key in keys:
+            if match[0].key in found:
+                return {}, f"{match[0].label} is given twice; give it once"
+            current = found[match[0].key] = [match[1]]
+        elif match is not None:
+            return {}, f"{match[0].label} is not asked here"
+        elif current is not None:
+            current.append(line)
+        elif line.strip():
+            names = ", ".join(f"'{FIELD_BY_KEY[k].label}:'" for k in keys)
+            return {}, f"{_quote(line)} does not start with one of {names}"
+    return {k: clean_text("\n".join(v)) for k, v in found.items()}, None

@@ -12,6 +12,7 @@ from datetime import datetime
 from handlers.notify import format_time
 from handlers.ports import OutgoingMessage, txn_id_for
 from handlers.render import Doc
+from schemas.domain import Purpose
 from storage.tx import Tx
 
 
@@ -34,6 +35,6 @@ async def tell_undecryptable(tx: Tx, *, room_id: str, event_id: str, sent_at: da
     body, html = doc.render()
     await tx.enqueue(
         OutgoingMessage(room_id, body, html, reply_to=event_id, sensitive=False),
-        txn_id=txn_id_for(event_id, "undecryptable"),
-        purpose="undecryptable",
+        txn_id=txn_id_for(event_id, Purpose.UNDECRYPTABLE),
+        purpose=Purpose.UNDECRYPTABLE,
     )

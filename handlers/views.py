@@ -6,13 +6,16 @@ import json
 from datetime import datetime
 from typing import Any
 
+from handlers.context import Call, Refusal
 from handlers.deadlines import age_of, time_left
+from handlers.filetypes import attachment_lines
+from handlers.meeting_record import meetings_section
 from handlers.notify import LABEL, format_time
 from handlers.pattern import find_pattern
 from handlers.render import Doc
 from handlers.settings import Settings
-from handlers.workflow import Call, Refusal
 from handlers.working_days import describe_deadline
+from schemas.domain import Channel, Kind
 from schemas.records import RecordEntry, Referral
 from storage.tx import Tx
 
@@ -75,7 +78,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         ("Declared by the referrer as", f"{LABEL[r.declared_type]} ({r.declared_by})"),
         (
             "Received",
-            format_time(r.received_at) + (" by telephone" if r.channel == "phone" else ""),
+            format_time(r.received_at) + (" by telephone" if r.channel == Channel.PHONE else ""),
         ),
         ("Status", r.state if not r.claimed_by else f"{r.state} by {r.claimed_by}"),
         ("RAG", (r.rag or "not set").upper()),
@@ -94,7 +97,7 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
         rows.append(
             ("Waiting for a manager", f"downgrade to {LABEL[str(p['to'])]} asked by {p['by']}")
         )
-    if r.channel == "phone":
+    if r.channel == Channel.PHONE:
         rows.append(
             (
                 "Written follow-up",
@@ -109,10 +112,10 @@ def status_rows(r: Referral, now: datetime) -> list[tuple[str, str]]:
 def entry_text(e: RecordEntry) -> str:
     d = e.detail
     parts = [f"{format_time(e.at)}", e.actor, e.kind.replace("_", " ")]
-    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note"):
+    for key in ("outcome", "to", "rag", "text", "reason", "headline", "other", "note", "file"):
         if d.get(key):
             parts.append(f"{key}: {d[key]}")
-    if e.kind == "deadline_reminder":
+    if e.kind == Kind.DEADLINE_REMINDER:
         parts.append("OVERDUE" if d.get("overdue") else "near deadline")
     return " · ".join(str(p) for p in parts)
 
@@ -120,7 +123,7 @@ def entry_text(e: RecordEntry) -> str:
 async def show(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
     doc = await referral_doc(c.tx, r, c.settings)
-    await c.tx.append_record(r.id, c.msg.sender, "viewed", {})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.VIEWED, {})
     await c.say(doc, referral_id=r.id)
 
 
@@ -144,14 +147,17 @@ async def referral_doc(tx: Tx, r: Referral, settings: Settings) -> Doc:
                 for g in others
             )
         )
-    from handlers.meetings import meetings_section  # meetings build on these views
-
     meetings_section(doc, [(m, await tx.items(m.id)) for m in await tx.meetings_of(r.id)])
+    files = await tx.attachments_of(r.id)
+    if files:
+        doc.heading(f"Files ({len(files)}; !attachments {r.ref} to receive them)").bullets(
+            *attachment_lines(files)
+        )
     entries = await tx.record_of(r.id)
     doc.heading("Running record").bullets(*(entry_text(e) for e in entries))
     if pattern is not None and pattern.triggered:
         await tx.append_record(
-            r.id, settings.bot_user_id, "pattern_shown", {"headline": pattern.headline()}
+            r.id, settings.bot_user_id, Kind.PATTERN_SHOWN, {"headline": pattern.headline()}
         )
     return doc
 
@@ -186,7 +192,7 @@ async def status(c: Call) -> None:
 
 async def chronology(c: Call) -> None:
     r = await c.referral(c.args.split()[0] if c.args.split() else None)
-    await c.tx.append_record(r.id, c.msg.sender, "chronology_exported", {"to": "chat"})
+    await c.tx.append_record(r.id, c.msg.sender, Kind.CHRONOLOGY_EXPORTED, {"to": "chat"})
     await c.say(Doc().pre(await chronology_markdown(c.tx, r, c.settings)), referral_id=r.id)
 
 
@@ -207,6 +213,10 @@ async def chronology_markdown(tx: Tx, r: Referral, settings: Settings) -> str:
             f"{g.agency or ''}, {g.outcome or g.state}"
             for g in others
         ]
+    files = await tx.attachments_of(r.id)
+    if files:
+        lines += ["", f"## Files ({len(files)})", ""]
+        lines += [f"- {line}" for line in attachment_lines(files)]
     lines += ["", "## Chronology", ""]
     lines += [f"- {entry_text(e)}" for e in await tx.record_of(r.id)]
     return "\n".join(lines) + "\n"
@@ -227,6 +237,20 @@ async def chronology_json(tx: Tx, r: Referral) -> str:
         "decided_by": r.decided_by,
         "form": r.form,
         "linked": [g.ref for g in await tx.referrals_of_child(r) if g.id != r.id],
+        "attachments": [
+            {
+                "id": f.id,
+                "name": f.name,
+                "caption": f.caption,
+                "type": f.kind,
+                "mimetype": f.mimetype,
+                "size": f.size,
+                "sha256": f.sha256,
+                "added_at": f.added_at.isoformat(),
+                "added_by": f.sender,
+            }
+            for f in await tx.attachments_of(r.id)
+        ],
         "record": [
             {"at": e.at.isoformat(), "actor": e.actor, "kind": e.kind, "detail": e.detail}
             for e in await tx.record_of(r.id)

@@ -7,30 +7,17 @@ change the referrer must know of is sent to them, in the thread of their referra
 
 from __future__ import annotations
 
-import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
-
+from handlers.context import MIN_REASON, USER_RE, Call, Refusal, split_args
 from handlers.deadlines import RAG_RATINGS, deadline_for
-from handlers.notify import LABEL, reply, team_message, tell_referrer
-from handlers.ports import Incoming, txn_id_for
+from handlers.meetings import start_meeting
+from handlers.notify import LABEL, team_message, tell_referrer
+from handlers.ports import txn_id_for
 from handlers.render import Doc
-from handlers.settings import Settings
 from handlers.working_days import describe_deadline
+from schemas.domain import OUTCOME_BY_KEY, Channel, Kind, Outcome, Purpose, Told
 from schemas.records import Referral
-from storage.tx import Tx
+from schemas.referral import ReferralType
 
-REF_RE = re.compile(r"^REF-\d{4}-\d{6}$")
-USER_RE = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-]+(:[0-9]{1,5})?$")
-MIN_REASON = 3
-
-OUTCOMES: dict[str, str] = {
-    "assessment": "proceed to child and family assessment",
-    "strategy": "strategy discussion (section 47)",
-    "early-help": "early help",
-    "nfa": "no further action, with advice/signposting",
-}
 OUTCOME_ALIASES = {
     "cfa": "assessment",
     "s47": "strategy",
@@ -40,62 +27,21 @@ OUTCOME_ALIASES = {
     "no-further-action": "nfa",
 }
 TYPES = {
-    "contact": "contact",
-    "child-protection": "child protection referral",
-    "cp": "child protection referral",
+    "contact": ReferralType.CONTACT,
+    "child-protection": ReferralType.CHILD_PROTECTION,
+    "cp": ReferralType.CHILD_PROTECTION,
 }
 
 
-class Refusal(Exception):
-    """A command that cannot be done as asked; the text is the reply."""
-
-
-@dataclass(frozen=True)
-class Call:
-    tx: Tx
-    msg: Incoming
-    settings: Settings
-    args: str
-
-    async def say(self, doc: Doc, purpose: str = "reply", referral_id: int | None = None) -> None:
-        await reply(self.tx, self.msg, purpose, doc, referral_id=referral_id)
-
-    async def referral(self, ref_text: str | None) -> Referral:
-        ref = (ref_text or "").strip().upper()
-        if not REF_RE.match(ref):
-            raise Refusal(f"Give a reference like REF-2026-000123 (got {ref_text or 'nothing'!r}).")
-        found = await self.tx.referral_by_ref(ref)
-        if found is None:
-            raise Refusal(f"No referral {ref} found.")
-        return found
-
-    async def open_referral(self, ref_text: str | None) -> Referral:
-        r = await self.referral(ref_text)
-        if not r.is_open:
-            raise Refusal(f"{r.ref} is already decided ({r.outcome}); it cannot be changed now.")
-        return r
-
-    async def record(self, r: Referral, kind: str, detail: dict[str, Any]) -> None:
-        await self.tx.append_record(r.id, self.msg.sender, kind, detail)
-
-
-Handler = Callable[[Call], Awaitable[None]]
-
-
-def _split(args: str, n: int) -> list[str]:
-    parts = args.split(None, n - 1)
-    return parts + [""] * (n - len(parts))
-
-
 async def claim(c: Call) -> None:
-    r = await c.open_referral(_split(c.args, 1)[0])
+    r = await c.open_referral(split_args(c.args, 1)[0])
     if r.claimed_by == c.msg.sender:
         raise Refusal(f"You have already claimed {r.ref}.")
     if not await c.tx.claim(r.id, c.msg.sender):
         now = await c.tx.referral_by_ref(r.ref)
         holder = now.claimed_by if now else "someone else"
         raise Refusal(f"{r.ref} is already claimed by {holder}. A manager can !assign it.")
-    await c.record(r, "claimed", {})
+    await c.record(r, Kind.CLAIMED, {})
     await c.say(
         Doc().para(
             f"You have claimed {r.ref} ({LABEL[r.current_type]}). Decision due "
@@ -108,7 +54,7 @@ async def claim(c: Call) -> None:
         c.tx,
         r,
         c.msg.event_id,
-        "claimed",
+        Told.CLAIMED,
         Doc().para(
             "An advice-team social worker has picked up your referral and is working on it."
         ),
@@ -116,7 +62,7 @@ async def claim(c: Call) -> None:
 
 
 async def release(c: Call) -> None:
-    r = await c.open_referral(_split(c.args, 1)[0])
+    r = await c.open_referral(split_args(c.args, 1)[0])
     if r.claimed_by is None:
         raise Refusal(f"{r.ref} is not claimed.")
     if r.claimed_by != c.msg.sender and not c.settings.is_manager(c.msg.sender):
@@ -124,60 +70,60 @@ async def release(c: Call) -> None:
             f"{r.ref} is claimed by {r.claimed_by}; only they or a manager can release it."
         )
     await c.tx.release(r.id)
-    await c.record(r, "released", {"was_claimed_by": r.claimed_by})
+    await c.record(r, Kind.RELEASED, {"was_claimed_by": r.claimed_by})
     await c.say(Doc().para(f"{r.ref} is back in the queue, unclaimed."), referral_id=r.id)
 
 
 async def assign(c: Call) -> None:
-    ref, worker = _split(c.args, 2)
+    ref, worker = split_args(c.args, 2)
     worker = worker.strip()
     r = await c.open_referral(ref)
     if not USER_RE.match(worker) or not c.settings.is_team(worker):
         raise Refusal(f"Assign to a member of the advice team, e.g. !assign {r.ref} @name:server.")
     await c.tx.assign(r.id, worker)
-    await c.record(r, "assigned", {"to": worker, "was_claimed_by": r.claimed_by})
+    await c.record(r, Kind.ASSIGNED, {"to": worker, "was_claimed_by": r.claimed_by})
     await c.say(Doc().para(f"{r.ref} is now assigned to {worker}."), referral_id=r.id)
     if r.claimed_by is None:
         await tell_referrer(
             c.tx,
             r,
             c.msg.event_id,
-            "claimed",
+            Told.CLAIMED,
             Doc().para("An advice-team social worker has been assigned your referral."),
         )
 
 
 async def note(c: Call) -> None:
-    ref, text = _split(c.args, 2)
+    ref, text = split_args(c.args, 2)
     r = await c.referral(ref)
     if len(text.strip()) < MIN_REASON:
         raise Refusal(
             f"Write the note after the reference: !note {r.ref} what was done or advised."
         )
-    await c.record(r, "note", {"text": text.strip()})
+    await c.record(r, Kind.NOTE, {"text": text.strip()})
     await c.say(Doc().para(f"Note added to the running record of {r.ref}."), referral_id=r.id)
 
 
 async def tell(c: Call) -> None:
-    ref, text = _split(c.args, 2)
+    ref, text = split_args(c.args, 2)
     r = await c.referral(ref)
     if len(text.strip()) < MIN_REASON:
         raise Refusal(
             f"Write the message after the reference: !tell {r.ref} text for the referrer."
         )
-    await c.record(r, "note", {"text": text.strip(), "shared_with_referrer": True})
+    await c.record(r, Kind.NOTE, {"text": text.strip(), "shared_with_referrer": True})
     await c.say(Doc().para(f"Note added to {r.ref} and sent to the referrer."), referral_id=r.id)
     await tell_referrer(
         c.tx,
         r,
         c.msg.event_id,
-        "note",
+        Told.NOTE,
         Doc().para("A note from the advice team:").para(text.strip()),
     )
 
 
 async def rag(c: Call) -> None:
-    ref, rating = _split(c.args, 2)
+    ref, rating = split_args(c.args, 2)
     r = await c.open_referral(ref)
     rating = rating.strip().lower()
     if rating not in RAG_RATINGS:
@@ -185,7 +131,7 @@ async def rag(c: Call) -> None:
     due = deadline_for(rating, r.current_type, r.received_at, c.settings.deadlines)
     await c.tx.set_rag(r.id, rating, due)
     await c.record(
-        r, "rag_set", {"rag": rating, "previous": r.rag, "decision_due": due.isoformat()}
+        r, Kind.RAG_SET, {"rag": rating, "previous": r.rag, "decision_due": due.isoformat()}
     )
     await c.say(
         Doc().para(f"{r.ref} is rated {rating.upper()}: decision due {describe_deadline(due)}."),
@@ -194,52 +140,56 @@ async def rag(c: Call) -> None:
 
 
 async def decide(c: Call) -> None:
-    ref, word, reason = _split(c.args, 3)
+    ref, word, reason = split_args(c.args, 3)
     r = await c.open_referral(ref)
-    key = OUTCOME_ALIASES.get(word.lower(), word.lower())
-    if key not in OUTCOMES:
-        choices = ", ".join(f"{k} ({v})" for k, v in OUTCOMES.items())
+    outcome = OUTCOME_BY_KEY.get(OUTCOME_ALIASES.get(word.lower(), word.lower()))
+    if outcome is None:
+        choices = ", ".join(f"{o.key} ({o})" for o in Outcome)
         raise Refusal(f"Choose an outcome: {choices}. Example: !decide {r.ref} early-help reason")
     if len(reason.strip()) < MIN_REASON:
-        raise Refusal(f"A reason is required: !decide {r.ref} {key} why this decision was made.")
+        raise Refusal(
+            f"A reason is required: !decide {r.ref} {outcome.key} why this decision was made."
+        )
     if r.claimed_by != c.msg.sender and not c.settings.is_manager(c.msg.sender):
         holder = f"claimed by {r.claimed_by}" if r.claimed_by else "not claimed"
         raise Refusal(f"{r.ref} is {holder}. Claim it first (!claim {r.ref}) or ask a manager.")
     if r.pending_reclassification:
         raise Refusal(f"{r.ref} has a reclassification waiting for a manager (!confirm {r.ref}).")
-    outcome = OUTCOMES[key]
     await c.tx.decide(r.id, outcome, c.msg.sender)
-    await c.record(r, "decided", {"outcome": outcome, "reason": reason.strip()})
+    await c.record(r, Kind.DECIDED, {"outcome": outcome, "reason": reason.strip()})
     await c.say(Doc().para(f"{r.ref} decided: {outcome}."), referral_id=r.id)
     doc = Doc().para(f"Decision: {outcome}.", strong=True).fields(("Reason", reason.strip()))
-    if key == "nfa":
+    if outcome is Outcome.NFA:
         dis = c.settings.disagreement
         doc.para(dis.text).fields(("Contact", dis.contact))
-    if key == "strategy":
-        from handlers.meetings import start_meeting  # the meeting module builds on this one
-
-        _, problems = await start_meeting(
-            c.tx,
-            r,
-            called_by=c.msg.sender,
-            event_id=c.msg.event_id,
-            scheduled=None,
-            settings=c.settings,
-        )
+    if outcome is Outcome.STRATEGY:
+        await _meeting_for_decision(c, r)
         doc.para("A strategy meeting is being set up; you are invited to its encrypted room.")
-        if problems:
-            await c.say(
-                Doc()
-                .para("Strategy meeting: not invited — act on these:", strong=True)
-                .bullets(*problems),
-                "meeting_problems",
-                referral_id=r.id,
-            )
-    await tell_referrer(c.tx, r, c.msg.event_id, "decided", doc)
+    await tell_referrer(c.tx, r, c.msg.event_id, Told.DECIDED, doc)
+
+
+async def _meeting_for_decision(c: Call, r: Referral) -> None:
+    """A `strategy` decision sets up the meeting at once; the caller chairs it."""
+    _, problems = await start_meeting(
+        c.tx,
+        r,
+        called_by=c.msg.sender,
+        event_id=c.msg.event_id,
+        scheduled=None,
+        settings=c.settings,
+    )
+    if problems:
+        await c.say(
+            Doc()
+            .para("Strategy meeting: not invited — act on these:", strong=True)
+            .bullets(*problems),
+            Purpose.MEETING_PROBLEMS,
+            referral_id=r.id,
+        )
 
 
 async def reclassify(c: Call) -> None:
-    ref, word, reason = _split(c.args, 3)
+    ref, word, reason = split_args(c.args, 3)
     r = await c.open_referral(ref)
     target = TYPES.get(word.lower())
     if target is None:
@@ -250,11 +200,11 @@ async def reclassify(c: Call) -> None:
         raise Refusal(f"A reason is required: !reclassify {r.ref} {word.lower()} why.")
     if target == r.current_type:
         raise Refusal(f"{r.ref} is already recorded as a {LABEL[target]}.")
-    downgrade = target == "contact"
+    downgrade = target == ReferralType.CONTACT
     if downgrade and not c.settings.is_manager(c.msg.sender):
         pending = {"to": target, "by": c.msg.sender, "reason": reason.strip()}
         await c.tx.set_pending_reclassification(r.id, pending)
-        await c.record(r, "reclassification_requested", pending)
+        await c.record(r, Kind.RECLASSIFICATION_REQUESTED, pending)
         await c.say(
             Doc().para(
                 f"Downgrading {r.ref} from {LABEL[r.current_type]} to CONTACT needs a team "
@@ -273,8 +223,8 @@ async def reclassify(c: Call) -> None:
                 f"{LABEL[r.current_type]} to CONTACT. Confirm with !confirm {r.ref}."
             )
             .fields(("Reason", reason.strip())),
-            txn_id=txn_id_for(c.msg.event_id, "confirm_needed"),
-            purpose="confirm_needed",
+            txn_id=txn_id_for(c.msg.event_id, Purpose.CONFIRM_NEEDED),
+            purpose=Purpose.CONFIRM_NEEDED,
             referral_id=r.id,
             mentions=managers,
         )
@@ -283,7 +233,7 @@ async def reclassify(c: Call) -> None:
 
 
 async def confirm(c: Call) -> None:
-    r = await c.open_referral(_split(c.args, 1)[0])
+    r = await c.open_referral(split_args(c.args, 1)[0])
     pending = r.pending_reclassification
     if not pending:
         raise Refusal(f"{r.ref} has no reclassification waiting for confirmation.")
@@ -298,7 +248,7 @@ async def _apply_reclassification(
     await c.tx.set_current_type(r.id, target)
     await c.record(
         r,
-        "reclassified",
+        Kind.RECLASSIFIED,
         {
             "from": r.current_type,
             "to": target,
@@ -322,7 +272,7 @@ async def _apply_reclassification(
         c.tx,
         updated,
         c.msg.event_id,
-        "reclassified",
+        Told.RECLASSIFIED,
         Doc()
         .para(
             f"Your referral has been reclassified from {LABEL[r.current_type]} to {LABEL[target]}.",
@@ -335,14 +285,14 @@ async def _apply_reclassification(
 
 
 async def written(c: Call) -> None:
-    ref, text = _split(c.args, 2)
+    ref, text = split_args(c.args, 2)
     r = await c.referral(ref)
-    if r.channel != "phone":
+    if r.channel != Channel.PHONE:
         raise Refusal(f"{r.ref} was not a telephone referral.")
     if r.written_followup_at is not None:
         raise Refusal(f"The written follow-up of {r.ref} is already recorded.")
     await c.tx.written_followup_received(r.id)
-    await c.record(r, "written_followup_received", {"note": text.strip()})
+    await c.record(r, Kind.WRITTEN_FOLLOWUP_RECEIVED, {"note": text.strip()})
     await c.say(Doc().para(f"Written follow-up of {r.ref} recorded."), referral_id=r.id)
 
 
@@ -355,13 +305,13 @@ async def unlink(c: Call) -> None:
 
 
 async def _link(c: Call, *, linked: bool) -> None:
-    a_ref, b_ref, _ = _split(c.args, 3)
+    a_ref, b_ref, _ = split_args(c.args, 3)
     a = await c.referral(a_ref)
     b = await c.referral(b_ref)
     if a.id == b.id:
         raise Refusal("Give two different references.")
     await c.tx.set_link(a.id, b.id, linked=linked, by=c.msg.sender)
-    kind = "linked" if linked else "unlinked"
+    kind = Kind.LINKED if linked else Kind.UNLINKED
     await c.record(a, kind, {"other": b.ref})
     await c.record(b, kind, {"other": a.ref})
     verb = "now counted as the same child" if linked else "no longer counted as the same child"

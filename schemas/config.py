@@ -10,6 +10,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -156,6 +157,37 @@ class IntakeConfig(_Strict):
             "waits); 0 sends each on its own"
         ),
     )
+    late_key_wait_seconds: Annotated[float, Field(ge=0, le=600)] = Field(
+        default=30.0,
+        description=(
+            "a message the bot cannot decrypt yet holds back the later messages of its "
+            "room for at most this many seconds, so that it is handled in its place if its "
+            "room key arrives; 0: later messages never wait"
+        ),
+    )
+
+    draft_hours: Annotated[float, Field(gt=0, le=720)] = Field(
+        default=24.0,
+        description=(
+            "a guided referral not answered for this many hours is deleted (one reminder "
+            "goes 2 hours before, or half-way for drafts kept under 4 hours)"
+        ),
+    )
+
+
+class AttachmentsConfig(_Strict):
+    """Files attached to referrals (end-to-end encrypted media only)."""
+
+    max_bytes: Annotated[int, Field(ge=1024, le=100 * 1024 * 1024)] = Field(
+        default=20 * 1024 * 1024, description="largest file taken, in bytes"
+    )
+    max_per_referral: Annotated[int, Field(ge=1, le=200)] = Field(
+        default=20, description="most files one referral can have"
+    )
+    attach_window_minutes: Annotated[int, Field(ge=1, le=60)] = Field(
+        default=5,
+        description="after !attach REF-…, the sender's files in that room go to it for this long",
+    )
 
 
 def _check_user_ids(ids: list[str]) -> list[str]:
@@ -280,6 +312,75 @@ class TrustConfig(_Strict):
     pinned_devices: list[PinnedDevice] = Field(default_factory=list)
 
 
+class IntegrityConfig(_Strict):
+    """Checkpoints: the running records' chain heads anchored outside the database, so
+    that deleted newest entries, a deleted referral or a database restored from an older
+    copy show in `referral-bot verify` (README, "Checkpoints")."""
+
+    checkpoint_file: Path | None = Field(
+        default=None,
+        description=(
+            "append-only file the bot adds a checkpoint line to; must be outside "
+            "storage.data_dir (a copy of data_dir must not carry it along). Left out: "
+            "no checkpoints, and the bot warns at every start"
+        ),
+    )
+    checkpoint_seconds: Annotated[float, Field(ge=1, le=3600)] = Field(
+        default=5.0,
+        description="new running-record entries are checkpointed at most this often",
+    )
+    audit_room: str | None = Field(
+        default=None,
+        description="encrypted room ID the checkpoints are also posted to (counts and digests)",
+    )
+    audit_interval_seconds: Annotated[int, Field(ge=10, le=86_400)] = Field(
+        default=300,
+        description="at most one post to the audit room per this many seconds (the latest)",
+    )
+
+    @field_validator("audit_room")
+    @classmethod
+    def _room(cls, v: str | None) -> str | None:
+        if v is not None and not re.match(r"^![^\s]+$", v):
+            raise ValueError("must be a room ID starting with !")
+        return v
+
+
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+WEEKLY_AT_RE = re.compile(r"^([a-z]+)\s+([01]?[0-9]|2[0-3]):([0-5][0-9])$")
+
+
+class ReportsConfig(_Strict):
+    """The weekly report to the advice-team room (issue 14): off unless `weekly_at` is set."""
+
+    weekly_at: str | None = Field(
+        default=None,
+        description="day and time, Europe/London, e.g. 'monday 09:00'; the report covers "
+        "the last complete week (Monday to Sunday)",
+    )
+
+    @field_validator("weekly_at")
+    @classmethod
+    def _weekly_at(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        match = WEEKLY_AT_RE.match(v.strip().lower())
+        if match is None or match.group(1) not in WEEKDAYS:
+            raise ValueError(
+                "give a day of the week and a 24-hour time, e.g. 'monday 09:00' (Europe/London)"
+            )
+        return f"{match.group(1)} {int(match.group(2)):02d}:{match.group(3)}"
+
+    @property
+    def weekly(self) -> tuple[int, int, int] | None:
+        """(weekday, hour, minute) with Monday 0, or None when off."""
+        if self.weekly_at is None:
+            return None
+        day, clock = self.weekly_at.split()
+        hour, minute = clock.split(":")
+        return WEEKDAYS.index(day), int(hour), int(minute)
+
+
 class LoggingConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     # "json": one JSON object per line (ts, level, logger, message, and the IDs it names).
@@ -335,6 +436,7 @@ class Config(_Strict):
     access: AccessConfig
     rooms: RoomsConfig
     intake: IntakeConfig = IntakeConfig()
+    attachments: AttachmentsConfig = AttachmentsConfig()
     team: TeamConfig = TeamConfig()
     agencies: dict[str, AgencyConfig] = Field(default_factory=dict)
     deadlines: DeadlinesConfig = DeadlinesConfig()
@@ -343,8 +445,10 @@ class Config(_Strict):
     meetings: MeetingsConfig = MeetingsConfig()
     retention: RetentionConfig = RetentionConfig()
     trust: TrustConfig = TrustConfig()
+    reports: ReportsConfig = ReportsConfig()
     logging: LoggingConfig = LoggingConfig()
     http: HttpConfig | None = None
+    integrity: IntegrityConfig = IntegrityConfig()
 
     @field_validator("agencies")
     @classmethod
@@ -355,14 +459,19 @@ class Config(_Strict):
         return v
 
     def is_allowed_user(self, user_id: str) -> bool:
-        """Whether a user may use the bot, decided from the user ID's server part alone.
+        """Whether a user may use the bot (see `on_allowed_server`)."""
+        return on_allowed_server(user_id, self.access.allowed_homeservers)
 
-        Room IDs are not used: room version 12 IDs carry no server name.
-        """
-        if not USER_ID_RE.match(user_id):
-            return False
-        server = user_id.split(":", 1)[1]
-        return server in self.access.allowed_homeservers
+
+def on_allowed_server(user_id: str, allowed_homeservers: Collection[str]) -> bool:
+    """The one allow-list rule: a well-formed user ID whose server part is allowed.
+
+    Decided from the user ID alone: room IDs are not used (room version 12 IDs carry no
+    server name).
+    """
+    if not USER_ID_RE.match(user_id):
+        return False
+    return user_id.split(":", 1)[1] in allowed_homeservers
 
 
 class ConfigError(Exception):
@@ -415,4 +524,27 @@ def _resolve_paths(config: Config, root: Path) -> Config:
     bot = config.bot
     if bot.password.file is not None:
         bot = bot.model_copy(update={"password": SecretSource(file=fix(bot.password.file))})
-    return config.model_copy(update={"storage": storage, "bot": bot})
+    integrity = config.integrity
+    if integrity.checkpoint_file is not None:
+        integrity = integrity.model_copy(update={"checkpoint_file": fix(integrity.checkpoint_file)})
+    resolved = config.model_copy(update={"storage": storage, "bot": bot, "integrity": integrity})
+    problem = checkpoint_file_problem(resolved)
+    if problem is not None:
+        raise ConfigError([problem])
+    return resolved
+
+
+def checkpoint_file_problem(config: Config) -> str | None:
+    """The checkpoint file must live outside data_dir: whoever copies, restores or rolls
+    back data_dir must not carry the anchor along with it."""
+    path = config.integrity.checkpoint_file
+    if path is None:
+        return None
+    data_dir = config.storage.data_dir.resolve()
+    where = path.resolve()
+    if where == data_dir or data_dir in where.parents:
+        return (
+            f"integrity.checkpoint_file: {path} is inside storage.data_dir ({data_dir}); "
+            "put it outside, e.g. /var/lib/referral-bot-checkpoints/checkpoints.jsonl"
+        )
+    return None

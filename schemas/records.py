@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from schemas.domain import Outcome
+
 OPEN_STATES = ("received", "claimed")
 
 
@@ -29,7 +31,7 @@ class Referral:
     form: dict[str, Any]
     claimed_by: str | None = None
     rag: str | None = None
-    outcome: str | None = None
+    outcome: Outcome | None = None
     decided_by: str | None = None
     decided_at: datetime | None = None
     pending_reclassification: dict[str, Any] | None = None
@@ -41,6 +43,8 @@ class Referral:
     agency: str | None = None
     last_reminder_at: datetime | None = None
     reminder_count: int = 0
+    # Where updates go: the thread of the acknowledgement, or None for replies to event_id.
+    thread_root: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -104,3 +108,70 @@ class RecordEntry:
     actor: str
     kind: str
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class EncryptedMedia:
+    """An end-to-end encrypted file as a media event points at it: where the homeserver
+    holds the ciphertext (`url`), how to decrypt it (`key` JWK, `iv`), the SHA-256 of the
+    ciphertext (`sha256`, unpadded base64), and what the sender says about it."""
+
+    url: str
+    key: dict[str, Any]
+    iv: str
+    sha256: str
+    name: str
+    caption: str | None = None
+    declared_size: int | None = None
+    mimetype: str | None = None
+    msgtype: str = "m.file"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "key": self.key,
+            "iv": self.iv,
+            "sha256": self.sha256,
+            "name": self.name,
+            "caption": self.caption,
+            "declared_size": self.declared_size,
+            "mimetype": self.mimetype,
+            "msgtype": self.msgtype,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EncryptedMedia:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class AttachmentJob:
+    """A file waiting to be downloaded, checked and stored (storage/attachments.py)."""
+
+    id: int
+    event_id: str
+    room_id: str
+    sender: str
+    referral_id: int
+    media: EncryptedMedia
+    attempts: int
+    # Where the media event itself was sent (its thread), so the answer goes there too.
+    thread_root: str | None = None
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A stored file's description (not its bytes)."""
+
+    id: int
+    uid: str
+    referral_id: int
+    event_id: str
+    sender: str
+    added_at: datetime
+    kind: str
+    mimetype: str
+    size: int
+    sha256: str
+    name: str
+    caption: str | None

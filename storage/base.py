@@ -24,9 +24,13 @@ class Committed:
     outbox_rooms: frozenset[str] = frozenset()
     inbox_rooms: frozenset[str] = frozenset()
     room_jobs: bool = False
+    # Rooms with new files to fetch (storage/attachments.py).
+    attachment_rooms: frozenset[str] = frozenset()
 
     def __bool__(self) -> bool:
-        return bool(self.outbox_rooms or self.inbox_rooms or self.room_jobs)
+        return bool(
+            self.outbox_rooms or self.inbox_rooms or self.room_jobs or self.attachment_rooms
+        )
 
 
 class TxBase:
@@ -41,12 +45,16 @@ class TxBase:
         # Rooms that got a new inbox event to handle.
         self.inbox_rooms: set[str] = set()
         self.room_jobs_added = False
+        self.attachment_rooms: set[str] = set()
         self._before_savepoint = Committed()
 
     def committed(self) -> Committed:
         """The work this transaction leaves for the workers once it commits."""
         return Committed(
-            frozenset(self.touched_rooms), frozenset(self.inbox_rooms), self.room_jobs_added
+            frozenset(self.touched_rooms),
+            frozenset(self.inbox_rooms),
+            self.room_jobs_added,
+            frozenset(self.attachment_rooms),
         )
 
     # -- savepoints: undo part of a transaction (a refused command) ----------------------
@@ -62,6 +70,7 @@ class TxBase:
         self.touched_rooms = set(before.outbox_rooms)
         self.inbox_rooms = set(before.inbox_rooms)
         self.room_jobs_added = before.room_jobs
+        self.attachment_rooms = set(before.attachment_rooms)
 
     async def release_savepoint(self) -> None:
         await self._db.execute("RELEASE SAVEPOINT command")

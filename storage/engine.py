@@ -32,9 +32,10 @@ import aiosqlite
 from cryptography.exceptions import InvalidTag
 
 from storage.base import Committed
+from storage.disk_faults import WriteFaults
 from storage.fields import utc_now
 from storage.keyring import Keyring
-from storage.kv import KEY_CHECK, KEY_CHECK_TEXT
+from storage.kv import KEY_CHECK, KEY_CHECK_TEXT, SPACE_PROBE
 from storage.migrations import LATEST_VERSION, MIGRATIONS
 from storage.migrations_pg import POSTGRES_MIGRATIONS
 from storage.sql import Connection, PostgresConnection, SqliteConnection
@@ -101,6 +102,9 @@ class Store:
         # (set once by the pipeline): nobody hands rooms on by hand. Read-only views and
         # rolled-back transactions never call it.
         self.on_commit: Callable[[Committed], None] | None = None
+        # Whether writes are being refused (disk full, I/O error, read-only): see
+        # storage/disk_faults.py.
+        self.faults = WriteFaults(self._space_probe)
 
     @property
     def engine(self) -> str:
@@ -224,8 +228,17 @@ class Store:
             log.error("the database session ended: stopping (its locks went with it)")
             self.lost.set()
 
+    async def _space_probe(self) -> None:
+        """A write that needs fresh space (64 KB), then gives it back: succeeds only when
+        the database can grow again."""
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "0" * 65536)
+        async with self.transaction() as tx:
+            await tx.set_kv(SPACE_PROBE, "")
+
     async def close(self) -> None:
         self._closing = True
+        await self.faults.close()
         async with self._read_lock:
             if self._reader is not None:
                 await _close_quietly(self._reader)
@@ -347,10 +360,18 @@ class Store:
                 )
                 await self._fence()
                 yield tx
-            except BaseException:
+            except BaseException as exc:
                 await _rollback(self._db)  # suppressed if BEGIN itself failed
+                self.faults.note(exc)
                 raise
-            await self._db.execute("COMMIT")
+            try:
+                await self._db.execute("COMMIT")
+            except Exception as exc:
+                # A COMMIT refused for want of disk may leave the transaction open: close it,
+                # or every later BEGIN fails too.
+                await _rollback(self._db)
+                self.faults.note(exc)
+                raise
         self._committed(tx.committed())
 
     async def _fence(self) -> None:

@@ -60,6 +60,22 @@ def ctx_close_note(meeting_id: int) -> str:
     return f"meetings.close_note:{meeting_id}"
 
 
+def ctx_attachment_media(event_id: str) -> str:
+    return f"attachment_jobs.media:{event_id}"
+
+
+def ctx_attachment_meta(referral_id: int, uid: str) -> str:
+    return f"attachments.meta:{referral_id}:{uid}"
+
+
+def ctx_attachment_key(referral_id: int, uid: str) -> str:
+    return f"attachments.file_key:{referral_id}:{uid}"
+
+
+def ctx_attachment_data(referral_id: int, uid: str) -> str:
+    return f"attachments.data:{referral_id}:{uid}"
+
+
 def child_key_of(keyring: Keyring, form: dict[str, Any]) -> str | None:
     """The keyed hash of the child's name and date of birth in a stored form."""
     child = form.get("child")

@@ -3,13 +3,19 @@ everything with a new key (`rotate-key`), and seal rows written before field enc
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 
 from cryptography.exceptions import InvalidTag
 
+from storage.attachments import open_file
+from storage.drafts import DraftStore
 from storage.fields import (
     child_key_of,
+    ctx_attachment_key,
+    ctx_attachment_media,
+    ctx_attachment_meta,
     ctx_close_note,
     ctx_content,
     ctx_detail,
@@ -38,10 +44,11 @@ class ChainBreak:
 class ChainReport:
     referrals: int = 0
     entries: int = 0
+    attachments: int = 0
     breaks: list[ChainBreak] = field(default_factory=list)
 
 
-class IntegrityStore(KvStore, RecordStore):
+class IntegrityStore(KvStore, RecordStore, DraftStore):
     async def check_chains(self) -> ChainReport:
         """Check every referral: form readable, child key right, running record unbroken.
 
@@ -113,7 +120,64 @@ class IntegrityStore(KvStore, RecordStore):
         for state in heads.values():
             if state.count == 0 and not state.broken:
                 report.breaks.append(ChainBreak(state.ref, None, "it has no running record"))
+        await self._check_attachments(report, heads)
         return report
+
+    async def _check_attachments(self, report: ChainReport, heads: dict[int, _ChainState]) -> None:
+        """Every attached file: it decrypts (its bytes, key and name unchanged and bound to
+        its referral), its SHA-256 is what was stored, and its referral's running record
+        has that digest (an `attachment_added` entry). One file in memory at a time."""
+        async with self._db.execute(
+            "SELECT id, referral_id FROM attachments ORDER BY referral_id, id"
+        ) as cur:
+            rows = [(int(r[0]), int(r[1])) for r in await cur.fetchall()]
+        recorded: dict[int, set[tuple[int, str]]] = {}
+        for attachment_id, referral_id in rows:
+            report.attachments += 1
+            state = heads.get(referral_id)
+            ref = state.ref if state is not None else f"referral id {referral_id}"
+            if state is None:
+                report.breaks.append(
+                    ChainBreak(ref, None, f"attached file {attachment_id} belongs to no referral")
+                )
+                continue
+            if state.broken:
+                continue
+            if referral_id not in recorded:
+                recorded[referral_id] = {
+                    (int(e.detail.get("attachment", 0)), str(e.detail.get("sha256", "")))
+                    for e in await self.record_of(referral_id)
+                    if e.kind == "attachment_added"
+                }
+            problem = await self._attachment_problem(attachment_id, recorded[referral_id])
+            if problem is not None:
+                report.breaks.append(
+                    ChainBreak(ref, None, f"attached file {attachment_id}: {problem}")
+                )
+
+    async def _attachment_problem(
+        self, attachment_id: int, recorded: set[tuple[int, str]]
+    ) -> str | None:
+        async with self._db.execute(
+            "SELECT * FROM attachments WHERE id = ?", (attachment_id,)
+        ) as cur:
+            r = await cur.fetchone()
+        if r is None:
+            return "gone while checking"
+        try:
+            self._keyring.decrypt(r["meta"], ctx_attachment_meta(r["referral_id"], r["uid"]))
+            data = open_file(self._keyring, r["referral_id"], r["uid"], r["file_key"], r["data"])
+        except (InvalidTag, ValueError):
+            return (
+                "it cannot be decrypted: changed by hand, copied from another row, or "
+                "encrypted with another key"
+            )
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != r["sha256"] or len(data) != r["size"]:
+            return "its contents do not match the digest stored with it"
+        if (attachment_id, digest) not in recorded:
+            return "its digest is not in the referral's running record"
+        return None
 
     async def reencrypt_all(self, old: Keyring, new: Keyring) -> dict[str, int]:
         """Re-encrypt every encrypted field and re-chain every running record with `new`.
@@ -159,8 +223,44 @@ class IntegrityStore(KvStore, RecordStore):
             )
             counts["inbox"] += 1
         counts["workflow"] = await self._reencrypt_workflow(old, new)
+        counts["attachments"] = await self._rewrap_attachments(old, new)
+        counts["guided"] = await self._reencrypt_guided(old, new)
         await self.set_kv(KEY_CHECK, new.encrypt(KEY_CHECK_TEXT, KEY_CHECK))
         return counts
+
+    async def _rewrap_attachments(self, old: Keyring, new: Keyring) -> int:
+        """Attached files: only their own keys are re-wrapped (and names re-encrypted);
+        the bytes, encrypted under those keys, stay as they are. Files still waiting to be
+        fetched have their descriptors re-encrypted."""
+        done = 0
+        async with self._db.execute(
+            "SELECT id, uid, referral_id, meta, file_key FROM attachments"
+        ) as cur:
+            rows = list(await cur.fetchall())
+        for r in rows:
+            meta_ctx = ctx_attachment_meta(r["referral_id"], r["uid"])
+            key_ctx = ctx_attachment_key(r["referral_id"], r["uid"])
+            await self._db.execute(
+                "UPDATE attachments SET meta = ?, file_key = ? WHERE id = ?",
+                (
+                    new.encrypt(old.decrypt(r["meta"], meta_ctx), meta_ctx),
+                    new.encrypt(old.decrypt(r["file_key"], key_ctx), key_ctx),
+                    r["id"],
+                ),
+            )
+            done += 1
+        async with self._db.execute(
+            "SELECT id, event_id, media FROM attachment_jobs WHERE media IS NOT NULL"
+        ) as cur:
+            jobs = list(await cur.fetchall())
+        for j in jobs:
+            ctx = ctx_attachment_media(j["event_id"])
+            await self._db.execute(
+                "UPDATE attachment_jobs SET media = ? WHERE id = ?",
+                (new.encrypt(old.decrypt(j["media"], ctx), ctx), j["id"]),
+            )
+            done += 1
+        return done
 
     async def _reencrypt_workflow(self, old: Keyring, new: Keyring) -> int:
         """Pending reclassification reasons, meeting notes and close notes."""

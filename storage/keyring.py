@@ -42,6 +42,7 @@ class Keyring:
         self._aead = AESGCM(_derive(secret, b"field-encryption"))
         self._match = _derive(secret, b"child-matching")
         self._chain = _derive(secret, b"record-chain")
+        self._anchor = _derive(secret, b"record-checkpoints")
 
     @staticmethod
     def is_encrypted(value: str) -> bool:
@@ -84,3 +85,21 @@ class Keyring:
             separators=(",", ":"),
         )
         return hmac.new(self._chain, material.encode("ascii"), hashlib.sha256).hexdigest()
+
+    def checkpoint_leaf(self, ref: str, entries: int, head: str) -> bytes:
+        """A referral's part of a checkpoint: HMAC-SHA256 over its reference, how many
+        running-record entries it has and the hash of the newest one."""
+        material = json.dumps([ref, entries, head], ensure_ascii=True, separators=(",", ":"))
+        return hmac.new(
+            self._anchor, b"leaf\x00" + material.encode("ascii"), hashlib.sha256
+        ).digest()
+
+    def checkpoint_mac(self, body: str) -> str:
+        """The keyed digest of one checkpoint line (its JSON without the `mac` field)."""
+        return hmac.new(
+            self._anchor, b"line\x00" + body.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
+
+    def checkpoint_key_id(self) -> str:
+        """Names the key a checkpoint line was made with, without revealing it."""
+        return hmac.new(self._anchor, b"key-id", hashlib.sha256).hexdigest()[:16]

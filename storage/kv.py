@@ -8,6 +8,8 @@ from storage.base import TxBase
 # than on the first referral.
 KEY_CHECK = "database_key_check"
 KEY_CHECK_TEXT = "referral-bot database key check"
+# A kv row written and emptied to test for free space (storage/disk_faults.py).
+SPACE_PROBE = "space_probe"
 
 
 class KvStore(TxBase):

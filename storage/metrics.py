@@ -17,6 +17,7 @@ class OpsCounts:
     decisions_overdue: int
     undecrypted: int
     outbox_depth: int
+    outbox_failed: int = 0
 
 
 class MetricsStore(OutboxStore):
@@ -43,9 +44,14 @@ class MetricsStore(OutboxStore):
             "SELECT COUNT(*) FROM inbox WHERE state = 'undecrypted'"
         ) as cur:
             undecrypted = await cur.fetchone()
+        async with self._db.execute(
+            "SELECT COUNT(*) FROM outbox WHERE failed_at IS NOT NULL"
+        ) as cur:
+            failed = await cur.fetchone()
         return OpsCounts(
             referrals=referrals,
             decisions_overdue=int(overdue[0]) if overdue else 0,
             undecrypted=int(undecrypted[0]) if undecrypted else 0,
             outbox_depth=await self.outbox_depth(),
+            outbox_failed=int(failed[0]) if failed else 0,
         )

@@ -246,6 +246,155 @@ MIGRATIONS: list[tuple[int, str]] = [
         CREATE INDEX referrals_open_due ON referrals (state, decision_due);
         """,
     ),
+    (
+        8,
+        """
+        -- Where a referral's updates go (issue 10): the thread its acknowledgement is in,
+        -- or NULL for none (updates are then replies to the referral's message). Until now
+        -- that was always a thread on the referral's own event.
+        ALTER TABLE referrals ADD COLUMN thread_root TEXT;
+        UPDATE referrals SET thread_root = event_id;
+
+        -- A message the homeserver refused for good (4xx other than 429, the bot not in the
+        -- room) is given up after a few attempts, so that it never blocks its room's later
+        -- messages: failed_at set (and sent_at, which takes it out of the queue),
+        -- last_error its HTTP status and errcode. `referral-bot outbox --retry` requeues it.
+        ALTER TABLE outbox ADD COLUMN failed_at TEXT;
+        CREATE INDEX outbox_failed ON outbox (failed_at) WHERE failed_at IS NOT NULL;
+        """,
+    ),
+    (
+        9,
+        """
+        -- A message whose room key arrived late (issue 10): when it was decrypted, so its
+        -- referral's running record can say it arrived late and what overtook it.
+        ALTER TABLE inbox ADD COLUMN decrypted_at TEXT;
+        """,
+    ),
+    (
+        10,
+        """
+        -- Guided referrals (issue 12): the draft of a referral answered one question at a
+        -- time, stored after every answer. One per practitioner per room. `state` is
+        -- AES-GCM ciphertext bound to the row (room, user, the event that started it);
+        -- times are clear so the clock can expire drafts and remind without decrypting.
+        CREATE TABLE drafts (
+            id          INTEGER PRIMARY KEY,
+            room_id     TEXT    NOT NULL,
+            user_id     TEXT    NOT NULL,
+            started_by  TEXT    NOT NULL,
+            state       TEXT    NOT NULL,
+            created_at  TEXT    NOT NULL,
+            updated_at  TEXT    NOT NULL,
+            expires_at  TEXT    NOT NULL,
+            remind_at   TEXT,
+            UNIQUE (room_id, user_id)
+        );
+        CREATE INDEX drafts_expiry ON drafts (expires_at);
+        CREATE INDEX drafts_reminder ON drafts (remind_at) WHERE remind_at IS NOT NULL;
+
+        -- A referrer's own details (name, role, agency, phone), kept after a guided
+        -- referral and offered next time; `!me forget` deletes them. Encrypted, bound to
+        -- the user.
+        CREATE TABLE saved_referrers (
+            user_id  TEXT PRIMARY KEY,
+            details  TEXT NOT NULL,
+            saved_at TEXT NOT NULL
+        );
+        """,
+    ),
+    (
+        11,
+        """
+        -- Files attached to referrals (issue 14). A file arrives as an end-to-end encrypted
+        -- media event; the handler records a job (the event's encrypted-file descriptor,
+        -- itself encrypted here) and a worker downloads, checks and stores it outside any
+        -- write transaction. `media` and `error` are cleared/kept so that a finished job
+        -- holds no key to the homeserver's copy.
+        CREATE TABLE attachment_jobs (
+            id          INTEGER PRIMARY KEY,
+            event_id    TEXT    NOT NULL UNIQUE,
+            room_id     TEXT    NOT NULL,
+            sender      TEXT    NOT NULL,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            thread_root TEXT,
+            media       TEXT,
+            state       TEXT    NOT NULL CHECK (state IN ('pending', 'done', 'refused')),
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            error       TEXT,
+            created_at  TEXT    NOT NULL,
+            done_at     TEXT
+        );
+        CREATE INDEX attachment_jobs_pending ON attachment_jobs (room_id, id)
+            WHERE state = 'pending';
+
+        -- The stored files. `data` is AES-256-GCM under a key of its own (`file_key`,
+        -- wrapped by the database key's field encryption, bound to the row's uid);
+        -- `meta` (file name, caption) is field-encrypted too. `sha256`, `size` and `kind`
+        -- are of the plaintext and carry no personal data; the running record has them.
+        CREATE TABLE attachments (
+            id          INTEGER PRIMARY KEY,
+            uid         TEXT    NOT NULL UNIQUE,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            event_id    TEXT    NOT NULL UNIQUE,
+            sender      TEXT    NOT NULL,
+            added_at    TEXT    NOT NULL,
+            kind        TEXT    NOT NULL,
+            mimetype    TEXT    NOT NULL,
+            size        INTEGER NOT NULL,
+            sha256      TEXT    NOT NULL,
+            meta        TEXT    NOT NULL,
+            file_key    TEXT    NOT NULL,
+            data        BLOB    NOT NULL
+        );
+        CREATE INDEX attachments_by_referral ON attachments (referral_id, id);
+
+        -- `!attach REF-…`: the sender's next files in that room go to that referral until
+        -- `until`.
+        CREATE TABLE attach_windows (
+            room_id     TEXT    NOT NULL,
+            sender      TEXT    NOT NULL,
+            referral_id INTEGER NOT NULL REFERENCES referrals (id),
+            until       TEXT    NOT NULL,
+            PRIMARY KEY (room_id, sender)
+        );
+
+        -- A file sent as a reply to the bot's acknowledgement (or another message of a
+        -- referral's) goes to that referral: found by the event the bot sent.
+        CREATE INDEX outbox_by_sent_event ON outbox (sent_event_id)
+            WHERE sent_event_id IS NOT NULL;
+        """,
+    ),
+    (
+        12,
+        """
+        -- Reports (issue 14, part 3): the figures for a period are counted from these
+        -- indexes alone, never from the table rows (which hold the encrypted forms): what
+        -- was received in the period, what was decided in it, and earlier records about
+        -- the same child (keyed hash) in the 12 months before each.
+        CREATE INDEX referrals_report_received ON referrals
+            (received_at, current_type, declared_type, agency, child_key);
+        CREATE INDEX referrals_report_decided ON referrals
+            (decided_at, received_at, decision_due, outcome);
+        CREATE INDEX referrals_report_child ON referrals (child_key, received_at);
+        """,
+    ),
+    (
+        13,
+        """
+        -- An outcome is stored by its key (issue 11), as `!decide` takes it, not by its
+        -- display text: the wording can then change without touching stored rows. Only
+        -- this column: the running record's `decided` entries keep the text they were
+        -- chained with. The texts are those of schemas/domain.py `Outcome` before this step.
+        UPDATE referrals SET outcome = CASE outcome
+            WHEN 'proceed to child and family assessment' THEN 'assessment'
+            WHEN 'strategy discussion (section 47)' THEN 'strategy'
+            WHEN 'early help' THEN 'early-help'
+            WHEN 'no further action, with advice/signposting' THEN 'nfa'
+            ELSE outcome END
+        WHERE outcome IS NOT NULL;
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

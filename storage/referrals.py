@@ -7,6 +7,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from schemas.domain import OUTCOME_BY_KEY, Outcome
 from schemas.records import Referral
 from storage.base import TxBase
 from storage.fields import child_key_of, ctx_form, ctx_pending, dumps, iso, parse_dt
@@ -34,7 +35,7 @@ def _referral(row: Row, keyring: Keyring) -> Referral:
         form=json.loads(keyring.decrypt(row["form"], ctx_form(row["event_id"]))),
         claimed_by=row["claimed_by"],
         rag=row["rag"],
-        outcome=row["outcome"],
+        outcome=OUTCOME_BY_KEY[row["outcome"]] if row["outcome"] else None,
         decided_by=row["decided_by"],
         decided_at=parse_dt(row["decided_at"]),
         pending_reclassification=json.loads(pending) if pending else None,
@@ -46,6 +47,7 @@ def _referral(row: Row, keyring: Keyring) -> Referral:
         agency=row["agency"],
         last_reminder_at=parse_dt(row["last_reminder_at"]),
         reminder_count=row["reminder_count"],
+        thread_root=row["thread_root"],
     )
 
 
@@ -82,13 +84,16 @@ class ReferralStore(TxBase):
         channel: str = "matrix",
         written_followup_due: datetime | None = None,
         agency: str | None = None,
+        thread_root: str | None = None,
     ) -> int:
-        """Insert a referral; its child_key is computed here from the form."""
+        """Insert a referral; its child_key is computed here from the form.
+
+        `thread_root`: the thread its acknowledgement and updates go to (None: none)."""
         cur = await self._db.execute(
             "INSERT INTO referrals (ref, year, year_seq, event_id, room_id, sender, received_at,"
             " declared_type, declared_by, current_type, immediate_danger, state, decision_due,"
-            " form, rag, channel, written_followup_due, child_key, agency)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?)",
+            " form, rag, channel, written_followup_due, child_key, agency, thread_root)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'received', ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 ref,
                 year,
@@ -108,6 +113,7 @@ class ReferralStore(TxBase):
                 None if written_followup_due is None else iso(written_followup_due),
                 child_key_of(self._keyring, form),
                 agency,
+                thread_root,
             ),
         )
         assert cur.lastrowid is not None
@@ -213,11 +219,12 @@ class ReferralStore(TxBase):
             (rag, iso(due), referral_id),
         )
 
-    async def decide(self, referral_id: int, outcome: str, by: str) -> None:
+    async def decide(self, referral_id: int, outcome: Outcome, by: str) -> None:
+        """Stored by the outcome's key (the display text may be reworded)."""
         await self._db.execute(
             "UPDATE referrals SET state = 'decided', outcome = ?, decided_by = ?, decided_at = ?"
             " WHERE id = ?",
-            (outcome, by, iso(self.now), referral_id),
+            (outcome.key, by, iso(self.now), referral_id),
         )
 
     async def set_current_type(self, referral_id: int, new_type: str) -> None:

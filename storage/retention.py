@@ -32,6 +32,8 @@ class PurgePlan:
     referrals: list[PurgedReferral] = field(default_factory=list)
     inbox_rows: int = 0
     outbox_rows: int = 0
+    # Files attached to the referrals that go (they go with them).
+    attachments: int = 0
 
 
 class RetentionStore(RecordStore):
@@ -60,6 +62,12 @@ class RetentionStore(RecordStore):
             row = await cur.fetchone()
             plan.inbox_rows = int(row[0]) if row else 0
         going = {p.id for p in plan.referrals}
+        for referral_id in going:
+            async with self._db.execute(
+                "SELECT COUNT(*) FROM attachments WHERE referral_id = ?", (referral_id,)
+            ) as cur:
+                row = await cur.fetchone()
+                plan.attachments += int(row[0]) if row else 0
         async with self._db.execute(
             "SELECT referral_id FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
             (iso(cutoffs.outbox_before),),
@@ -74,6 +82,13 @@ class RetentionStore(RecordStore):
         async with self.append_only_lifted():
             for p in plan.referrals:
                 await self._db.execute("DELETE FROM outbox WHERE referral_id = ?", (p.id,))
+                # Its files (bytes and wrapped keys; secure_delete overwrites the pages),
+                # the jobs that fetched them and any open !attach window.
+                for table in ("attachments", "attachment_jobs", "attach_windows"):
+                    await self._db.execute(
+                        f"DELETE FROM {table} WHERE referral_id = ?",  # noqa: S608
+                        (p.id,),
+                    )
                 await self._db.execute("DELETE FROM record_entries WHERE referral_id = ?", (p.id,))
                 await self._db.execute(
                     "DELETE FROM referral_links WHERE low_id = ? OR high_id = ?", (p.id, p.id)

@@ -8,7 +8,8 @@ The domain modules (kv, inbox, referrals …) talk to `Connection` in SQLite's d
 `SqliteConnection` passes every statement through unchanged. `PostgresConnection` rewrites
 the little that differs (`translate`): `?` becomes `$1, $2 …`; `INSERT OR IGNORE` becomes
 `INSERT … ON CONFLICT DO NOTHING`; an INSERT into a table with a generated key gets
-`RETURNING` that key, which becomes `lastrowid`. Everything else the modules write is
+`RETURNING` that key, which becomes `lastrowid`; SQLite's index hint `INDEXED BY name` is
+dropped (PostgreSQL's planner chooses). Everything else the modules write is
 common SQL. Where the engines really differ (the append-only guard, serialising a
 read-then-insert across connections) the connection has a method, not an `if` in a module.
 """
@@ -105,6 +106,15 @@ class Connection(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
+    @abstractmethod
+    def hours_between(self, earlier: str, later: str) -> str:
+        """SQL for the hours from one stored UTC ISO time column to another (a float)."""
+
+    @abstractmethod
+    def months_before(self, column: str, months: int) -> str:
+        """SQL for the stored UTC ISO time `months` months before `column`, as text in the
+        same format (`storage.fields.iso`), so it compares with stored times as text."""
+
 
 # Lock spaces for `xact_lock`.
 LOCK_REF_NUMBER = 1
@@ -172,6 +182,14 @@ class SqliteConnection(Connection):
     async def close(self) -> None:
         await self.raw.close()
 
+    def hours_between(self, earlier: str, later: str) -> str:
+        return f"(julianday({later}) - julianday({earlier})) * 24.0"
+
+    def months_before(self, column: str, months: int) -> str:
+        return (
+            f"strftime('%Y-%m-%dT%H:%M:%f', {column}, '-{int(months)} months') || '+00:00'"
+        )
+
 
 # -- PostgreSQL ---------------------------------------------------------------------------
 
@@ -184,10 +202,14 @@ GENERATED_KEYS = {
     "meetings": "id",
     "meeting_items": "id",
     "room_jobs": "id",
+    "drafts": "id",
+    "attachment_jobs": "id",
+    "attachments": "id",
 }
 
 _INSERT = re.compile(r"^\s*INSERT\s+(OR\s+IGNORE\s+)?INTO\s+(\w+)", re.IGNORECASE)
 _READS = ("SELECT", "WITH", "VALUES", "SHOW")
+_INDEXED_BY = re.compile(r"\s+INDEXED\s+BY\s+\w+", re.IGNORECASE)
 
 
 @lru_cache(maxsize=1024)
@@ -208,7 +230,7 @@ def translate(sql: str) -> tuple[str, str]:
             out.append(f"${n}")
             continue
         out.append(ch)
-    text = "".join(out)
+    text = _INDEXED_BY.sub("", "".join(out))
     insert = _INSERT.match(text)
     if insert is not None:
         if insert.group(1):
@@ -288,3 +310,15 @@ class PostgresConnection(Connection):
 
     async def close(self) -> None:
         await self.raw.close()
+
+    def hours_between(self, earlier: str, later: str) -> str:
+        return (
+            f"EXTRACT(EPOCH FROM (CAST({later} AS timestamptz) - CAST({earlier} AS timestamptz)))"
+            " / 3600.0"
+        )
+
+    def months_before(self, column: str, months: int) -> str:
+        return (
+            f"to_char((CAST({column} AS timestamptz) - interval '{int(months)} months')"
+            " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS') || '+00:00'"
+        )

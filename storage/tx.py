@@ -6,6 +6,8 @@ module of its domain; this class only puts them together.
 
 from __future__ import annotations
 
+from storage.attachments import AttachmentStore
+from storage.checkpoints import CheckpointStore
 from storage.inbox import InboxStore
 from storage.integrity import IntegrityStore
 from storage.kv import KvStore
@@ -14,6 +16,7 @@ from storage.metrics import MetricsStore
 from storage.outbox import OutboxStore
 from storage.record import RecordStore
 from storage.referrals import ReferralStore
+from storage.reports import ReportStore
 from storage.retention import RetentionStore
 
 
@@ -27,5 +30,8 @@ class Tx(
     InboxStore,
     ReferralStore,
     MeetingStore,
+    CheckpointStore,
+    AttachmentStore,
+    ReportStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""

@@ -1,20 +1,33 @@
 """Shared fixtures: one real Synapse and (when installed) one throwaway PostgreSQL for the
-whole test session, on loopback / a private Unix socket."""
+whole test session, on loopback / a private Unix socket; and the Hypothesis profiles of
+the property tests.
+
+Property tests take their number of examples from the profile: `ci` (the default, what
+`python3 tasks.py test` and CI run) keeps the whole suite quick; `HYPOTHESIS_PROFILE=thorough`
+runs twenty times as many (minutes; for changes to parsing, intake or the fuzzed paths).
+"""
 
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from hypothesis import settings
 
 from bot.devpostgres import DevPostgres
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 from storage.engine import Postgres
 from tests import engines
+
+# No deadline: the fuzzed paths run the real store, whose fsyncs vary with the machine's load.
+settings.register_profile("ci", max_examples=100, deadline=None)
+settings.register_profile("thorough", max_examples=2000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 _names = itertools.count(1)
 

@@ -5,19 +5,12 @@ restarts. matrix-nio retries refused connections and timeouts itself, but not th
 
 from __future__ import annotations
 
-import socket
-
 import aiohttp
 from aiohttp import web
 
+from bot.devserver import free_port
+
 HEADERS_FORWARDED = ("authorization", "content-type")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class FaultyProxy:
@@ -37,7 +30,7 @@ class FaultyProxy:
         # Long-polling syncs in flight are dropped on stop, not waited for.
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
-        port = _free_port()
+        port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self.url = f"http://127.0.0.1:{port}"
         return self.url

@@ -6,6 +6,7 @@ import pytest
 
 from bench.ack_latency import Options, run_benchmark
 from bench.claim_contention import ClaimOptions, run_claims
+from bench.flood import FloodOptions, run_flood
 from bot.devserver import DevSynapse
 
 pytestmark = pytest.mark.integration
@@ -35,4 +36,27 @@ async def test_claim_contention_smoke_run(synapse: DevSynapse) -> None:
     assert only["losers_naming_winner"] == 3 and only["unexpected"] == []
     assert results["summary"]["all_rounds_ok"] is True
     assert results["summary"]["p99_ms"] > 0
+    assert results["bot_exit_code"] == 0
+
+
+async def test_attachment_roundtrip_smoke_run(synapse: DevSynapse) -> None:
+    from bench.attachment_roundtrip import RoundTripOptions, run_roundtrip
+
+    results = await run_roundtrip(RoundTripOptions(mb=1.0, rounds=1), hs=synapse)
+    (only,) = results["rounds"]
+    assert only["byte_identical"] is True
+    assert only["in_event_to_added_s"] > 0 and only["out_command_to_file_event_s"] > 0
+    assert results["peak_rss_mb"] > 0 and results["bot_exit_code"] == 0
+
+
+async def test_flood_benchmark_smoke_run(synapse: DevSynapse) -> None:
+    results = await run_flood(
+        FloodOptions(flood=12, referrals=2, interval=0.2, drain=2), hs=synapse
+    )
+    phases = {(p["target"], p["flood"]): p for p in results["phases"]}
+    assert set(phases) == {(t, f) for t in ("echo", "referral-bot") for f in (False, True)}
+    for phase in phases.values():
+        assert phase["referrals_answered"] == 2 and phase["duplicates"] == 0
+    assert phases[("echo", True)]["flooder_answers"] == 12
+    assert phases[("referral-bot", True)]["flooder_answers"] == 3
     assert results["bot_exit_code"] == 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
@@ -59,9 +60,13 @@ async def test_kill_9_in_a_burst_of_200_loses_and_repeats_nothing(
         started = time.monotonic()
         senders = asyncio.gather(*(burst(u, r, i) for i, (u, r) in enumerate(people)))
         acked_at_kill = []
+
+        def acknowledged(n: int) -> Callable[[], bool]:
+            return lambda: sum(acks(people, world.bot_user, set(sent)).values()) >= n
+
         for kill_after in KILL_AFTER_ACKS:
             await poll_until(
-                lambda n=kill_after: sum(acks(people, world.bot_user, set(sent)).values()) >= n,
+                acknowledged(kill_after),
                 60,
                 f"{kill_after} acknowledgements",
             )

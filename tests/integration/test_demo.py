@@ -15,3 +15,4 @@ async def test_demo_runs_end_to_end(capsys: pytest.CaptureFixture[str]) -> None:
     assert "decrypted=True" in out
     assert "recorded as a CHILD PROTECTION REFERRAL" in out
     assert "picked up your referral" in out
+    assert "Question 17 of 17" in out and "recorded as a CONTACT" in out  # the guided one

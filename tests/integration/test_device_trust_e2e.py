@@ -224,9 +224,10 @@ async def test_a_known_session_whose_keys_change_is_refused_and_announced(world:
         assert (await nurse.wait_reply(before)).decrypted
         # The nurse's other session, known to everyone before the change.
         tablet = await second_session(world, nurse, f"keys-tablet-{world.bot_user[1:5]}")
-        assert app.client is not None
+        bot_client = app.client
+        assert bot_client is not None
         await until(
-            lambda: tablet.client.device_id in app.client.device_store[nurse.user_id],
+            lambda: tablet.client.device_id in bot_client.device_store[nurse.user_id],
             "the bot knows the tablet",
         )
 
@@ -298,9 +299,10 @@ async def test_elements_crypto_verifies_a_session_with_the_bot(
 
         try:
             element_device = (await line())["device_id"]
-            assert app.client is not None
+            bot_client = app.client
+            assert bot_client is not None
             await until(
-                lambda: element_device in app.client.device_store[nurse.user_id],
+                lambda: element_device in bot_client.device_store[nurse.user_id],
                 "the bot knows the Element session",
             )
             started = time.monotonic()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 
 import pytest
 
-from bot.chat_user import ChatUser
+from bot.chat_user import ChatUser, Received
 from bot.world import World
 from tests.forms import referral
 from tests.integration.live import db_rows, open_dm, running
@@ -116,10 +117,12 @@ async def test_burst_of_100_referrals_from_several_clients_each_acknowledged_onc
             ]
 
         sent = await asyncio.gather(*(burst(u, r) for u, r in people))
+
+        def replying_to(ids: list[str]) -> Callable[[Received], bool]:
+            return lambda r: r.in_reply_to in set(ids)
+
         for (user, _room), ids in zip(people, sent, strict=True):
-            await user.wait_for(
-                lambda r, ids=set(ids): r.in_reply_to in ids, timeout=120, count=per_sender
-            )
+            await user.wait_for(replying_to(ids), timeout=120, count=per_sender)
         await asyncio.sleep(1.0)  # let any duplicate arrive before counting
 
     all_ids = [e for ids in sent for e in ids]

@@ -23,7 +23,7 @@ async def invited_room(user: ChatUser, timeout: float = 20.0) -> str:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         if user.client.invited_rooms:
-            room_id = next(iter(user.client.invited_rooms))
+            room_id: str = next(iter(user.client.invited_rooms))
             await user.join(room_id)
             return room_id
         await asyncio.sleep(0.05)

@@ -59,7 +59,7 @@ async def wait_acked(user: ChatUser, bot: str, ids: set[str], timeout: float) ->
 
 
 async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
-    own_world: World, caplog: pytest.LogCaptureFixture
+    own_world: World,
 ) -> None:
     world = own_world
     hs = world.hs
@@ -77,7 +77,8 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
             lambda: len(acked(nurse, world.bot_user, set(before))) >= 3, 30, "3 acknowledgements"
         )
         await hs.kill()  # SIGKILL: requests in flight get no answer
-        unsent_at_crash = db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")[0][0]
+        [(unsent_at_crash,)] = db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL")
+        assert isinstance(unsent_at_crash, int)
         syncs_at_crash = app.sync.syncs
 
         async def queued_in_client() -> list[str]:
@@ -105,13 +106,10 @@ async def test_homeserver_crash_mid_burst_bot_reconnects_and_catches_up(
         assert app.sync.syncs > syncs_at_crash, "the bot synced again after the outage"
         assert not app._sync_task.done()
 
-    rate_limited = sum("ratelimited" in r.getMessage() for r in caplog.records)
     print(
         f"\noutage {OUTAGE_S:.0f} s with {unsent_at_crash} messages unsent at the crash; "
-        f"all {len(everything)} acknowledged {caught_up:.1f} s after the restart began, "
-        f"through {rate_limited} rate-limited requests"
+        f"all {len(everything)} acknowledged {caught_up:.1f} s after the restart began"
     )
-    assert rate_limited > 0, "the catch-up must have met the rate limit"
     assert unsent_at_crash > 0, "the crash must catch the bot with messages still to send"
     counts = acked(nurse, world.bot_user, everything)
     assert all(counts[e] == 1 for e in everything), "each referral acknowledged exactly once"

@@ -101,3 +101,45 @@ async def test_sender_is_told_when_the_key_does_not_come(world: World) -> None:
     notice_and_ack = bot_replies(gp, world, event_id)
     assert len(notice_and_ack) == 2 and "CHILD PROTECTION REFERRAL" in notice_and_ack[1]
     assert db_rows(world, "SELECT event_id FROM referrals") == [(event_id,)]
+
+
+async def test_a_late_key_keeps_the_message_in_its_place(world: World) -> None:
+    """A referral sent after one whose key is late waits for it (a bounded time): the
+    earlier one is acknowledged first and gets the earlier REF."""
+    async with running(world):
+        nurse, dm = await open_dm(world, f"order-{world.bot_user[1:5]}")
+        first, send_first_key = await send_with_key_withheld(
+            nurse, dm, referral(Child_name="Held Child")
+        )
+        olm = nurse.client.olm
+        assert olm is not None
+        del olm.outbound_group_sessions[dm]  # the next message goes with a shared key
+        second = await nurse.send(dm, referral(Child_name="Waiting Child"))
+        await poll_until(
+            lambda: (
+                db_rows(world, "SELECT state FROM inbox WHERE event_id = ?", second)
+                == [("pending",)]
+            ),
+            20,
+            "the second referral stored",
+        )
+        # Readable, but it waits for the earlier message of its room.
+        with pytest.raises(TimeoutError):
+            await nurse.wait_reply(second, timeout=2)
+        assert db_rows(world, "SELECT COUNT(*) FROM referrals") == [(0,)]
+
+        await send_first_key()
+        first_ack = await nurse.wait_reply(first, timeout=20)
+        second_ack = await nurse.wait_reply(second, timeout=20)
+
+    assert first_ack.at < second_ack.at
+    refs = [re.findall(r"REF-\d{4}-\d{6}", a.body)[0] for a in (first_ack, second_ack)]
+    assert db_rows(world, "SELECT ref, event_id FROM referrals ORDER BY id") == [
+        (refs[0], first),
+        (refs[1], second),
+    ]
+    kinds = db_rows(
+        world,
+        "SELECT kind FROM record_entries WHERE referral_id = 1 ORDER BY id",
+    )
+    assert ("decrypted_late",) in kinds

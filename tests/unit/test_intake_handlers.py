@@ -17,6 +17,7 @@ from storage.engine import Store
 from tests.engines import location, sql
 from tests.forms import referral
 from tests.keys import KEYRING
+from tests.unit.harness import inject
 from tests.unit.memory_messenger import MemoryMessenger
 
 # Every test here runs on SQLite and on PostgreSQL (tests/engines.py).
@@ -64,12 +65,9 @@ async def deliver(
     _n += 1
     event_id = event_id or f"$event{_n}"
     payload = {"body": body} if encrypted else {"withheld": True}
-    async with store.transaction() as tx:
-        rooms = await tx.add_inbox(
-            [InboxItem(event_id, room, NURSE, TS + _n, encrypted, "pending", payload)]
-        )
-    pipeline.kick_rooms(rooms)
-    await pipeline.wait_idle()
+    await inject(
+        store, pipeline, InboxItem(event_id, room, NURSE, TS + _n, encrypted, "pending", payload)
+    )
     return event_id
 
 
@@ -92,7 +90,7 @@ async def test_valid_referral_is_recorded_acknowledged_and_summarised(
     assert rows(store, "SELECT ref, declared_type, declared_by, state FROM referrals") == [
         ("REF-2026-000001", "child protection referral", NURSE, "received")
     ]
-    kinds = [k for (k,) in rows(store, "SELECT kind FROM record_entries ORDER BY id")]
+    kinds = [str(k) for (k,) in rows(store, "SELECT kind FROM record_entries ORDER BY id")]
     # The two rooms are served by separate workers, in either order.
     assert kinds[0] == "received" and sorted(kinds[1:]) == ["ack_sent", "team_summary_sent"]
     assert rows(store, "SELECT payload FROM inbox") == [(None,)], "handled text is forgotten"

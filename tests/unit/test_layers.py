@@ -20,13 +20,8 @@ LAYERS = ("schemas", "storage", "handlers", "bot")  # bottom to top
 # Cycles that exist today and are being removed on another branch (issue 11, part 3 and
 # the app/http_ops split). Each entry is one strongly connected group of modules. Delete an
 # entry once its cycle is gone: the test fails on a stale entry so it cannot linger.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # meetings builds on workflow's Call/Refusal and views' form rows; views shows a
-    # referral's meetings and workflow starts one (imports inside functions).
-    frozenset({"handlers.meetings", "handlers.views", "handlers.workflow"}),
-    # The app serves http_ops' endpoints; http_ops reads the app's state.
-    frozenset({"bot.app", "bot.http_ops"}),
-}
+# Cycles tolerated for now (none: meetings/views/workflow and app/http_ops were untangled).
+KNOWN_CYCLES: set[frozenset[str]] = set()
 
 
 def _modules() -> dict[str, Path]:
@@ -140,11 +135,12 @@ def test_no_import_cycles_between_modules() -> None:
     assert stale == [], f"these cycles are gone: delete them from KNOWN_CYCLES: {stale}"
 
 
-def test_the_checker_sees_imports_inside_functions_and_cycles() -> None:
+def test_the_checker_sees_imports_inside_functions_and_cycles(tmp_path: Path) -> None:
     # The checker itself must be able to fail: a cycle through a function-level import
     # and an upward import are both found.
     graph = {"schemas.a": {"bot.x"}, "bot.x": {"schemas.a"}, "storage.b": set()}
     assert _cycles(graph) == [frozenset({"schemas.a", "bot.x"})]
     assert _layer("bot.x") > _layer("schemas.a")
-    tree_path = ROOT / "handlers" / "views.py"
-    assert "handlers.meetings" in _imports("handlers.views", tree_path, set(_modules()))
+    hidden = tmp_path / "views.py"
+    hidden.write_text("def show() -> None:\n    from handlers import meetings\n")
+    assert "handlers.meetings" in _imports("handlers.views", hidden, set(_modules()))

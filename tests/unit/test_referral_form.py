@@ -837,11 +837,8 @@ _messages = st.one_of(
 )
 
 
-@settings(
-    max_examples=1000,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
+@pytest.mark.slow
+@settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(body=_messages, today=st.dates(min_value=date(2000, 1, 1), max_value=date(2100, 1, 1)))
 def test_parse_referral_never_raises(body: str, today: date) -> None:
     parsed = parse_referral(body, today)
@@ -863,7 +860,6 @@ def test_parse_referral_never_raises(body: str, today: date) -> None:
 _printable = st.characters(exclude_categories=("Cc", "Zl", "Zp"), include_characters="\t")
 
 
-@settings(max_examples=200, deadline=None)
 @given(lines=st.lists(st.text(_printable, max_size=60), min_size=1, max_size=8))
 def test_free_text_is_kept_as_typed(lines: list[str]) -> None:
     # Quoted lines can never be taken for a field label or a comment.
@@ -873,7 +869,6 @@ def test_free_text_is_kept_as_typed(lines: list[str]) -> None:
     assert valid_form(parsed).description == expected
 
 
-@settings(max_examples=200, deadline=None)
 @given(name=st.text(_printable, max_size=220))
 def test_any_one_line_name_is_kept_or_explained(name: str) -> None:
     parsed = parse({"Child name": name})

@@ -6,10 +6,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest_asyncio
+from nio import AsyncClient
 
+from bot.device_trust import DeviceTrust
 from bot.reload import ConfigReloader
+from bot.verification import Verifier
 from handlers.settings import Settings
 from schemas.config import load_config
+from schemas.messages import InboxItem
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, WORKER2, Harness
 from tests.unit.test_workflow import column, refer
 
@@ -47,7 +51,7 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "r.db")
     config = load_config(path)
     harness.pipeline.settings = Settings.from_config(config, TEAM_ROOM)
-    harness.pipeline.reloader = ConfigReloader(path, config, harness.pipeline)
+    harness.pipeline.reloader = ConfigReloader(path, config, harness.pipeline.current)
     yield harness
     await harness.store.close()
 
@@ -124,3 +128,33 @@ async def test_only_an_admin_may_reload_and_not_in_a_group_room(h: Harness) -> N
 async def test_admins_see_reload_in_help(h: Harness) -> None:
     assert "!reload" in h.reply(await h.send(ADMIN, "!help"))
     assert "!reload" not in h.reply(await h.send(WORKER, "!help", room=TEAM_ROOM))
+
+
+async def test_a_worker_removed_and_reloaded_can_no_longer_vouch_for_a_session(h: Harness) -> None:
+    """Verification shares the pipeline's settings: a reload reaches it too (it once kept
+    the settings it was started with, so a removed worker could still `!verify-match`)."""
+    client = AsyncClient("http://127.0.0.1:9", "@bot:example.org")
+    trust = DeviceTrust(client, h.store, h.pipeline.current, strict=False)
+    verifier = Verifier(client, h.store, h.pipeline.current, trust)
+
+    async def verify_match(event_id: str) -> str:
+        """`!verify-match` for the nurse's session, from a verified session of WORKER's
+        (the proof `screen` takes from the message's keys is given here as `vouched`)."""
+        item = InboxItem(event_id, TEAM_ROOM, WORKER, 0, True, "pending", {"body": "!verify-match"})
+        verifier.command(item, "!verify-match", [NURSE, "PHONE"], None, True, readable=True)
+        async with h.store.transaction() as tx:
+            await verifier.write(tx)
+            rooms = tx.touched_rooms
+        h.pipeline.outbox_workers.kick_all(rooms)
+        await h.pipeline.wait_idle()
+        return h.reply(event_id)
+
+    before = await verify_match("$vm-before")
+    assert "no verification of session PHONE" in before, "the worker passes the role check"
+
+    rewrite(h, config_text(workers=(WORKER2,)))
+    assert "Configuration reloaded" in h.reply(await h.send(ADMIN, "!reload", room=TEAM_ROOM))
+    after = await verify_match("$vm-after")
+    assert "advice team can use !verify-match for another person's session" in after
+    assert trust.settings is h.pipeline.settings and WORKER not in trust.settings.team
+    await client.close()

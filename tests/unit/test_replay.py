@@ -36,11 +36,8 @@ def items(events: list[tuple[str, str]]) -> list[InboxItem]:
 
 
 async def deliver(rig: Rig, batch: list[InboxItem]) -> None:
-    """What the sync loop does with a sync response: store, then hand to the workers."""
-    async with rig.store.transaction() as tx:
-        rooms = await tx.add_inbox(batch)
-    rig.pipeline.kick_rooms(rooms)
-    await rig.pipeline.wait_idle()
+    """What the sync loop does with a sync response."""
+    await rig.inject(*batch)
 
 
 def state(rig: Rig, db: Path) -> tuple[object, ...]:

@@ -46,7 +46,12 @@ async def aged(tmp_path: Path) -> Path:
 
 def counts(db_path: Path) -> dict[str, int]:
     tables = ("referrals", "record_entries", "outbox", "inbox", "purged_referrals")
-    return {t: int(sql(db_path, f"SELECT COUNT(*) FROM {t}")[0][0]) for t in tables}  # noqa: S608
+    found: dict[str, int] = {}
+    for t in tables:
+        [(n,)] = sql(db_path, f"SELECT COUNT(*) FROM {t}")  # noqa: S608
+        assert isinstance(n, int)
+        found[t] = n
+    return found
 
 
 def refs(db_path: Path, cls: str) -> list[str]:

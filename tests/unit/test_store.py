@@ -172,7 +172,7 @@ async def _store_at(db_path: Path, version: int) -> Store:
 
 async def test_each_step_applies_once_in_order(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "steps.db"
-    for version in range(1, LATEST_VERSION + 1):
+    for version, _ in MIGRATIONS:  # numbers may have gaps between branches
         store = await _store_at(path, version)
         assert await store.schema_version() == version
         await store.close()

@@ -32,14 +32,13 @@ def batching(rig: Rig, seconds: float) -> None:
 async def arrive(rig: Rig, forms: list[str], first: int = 0) -> None:
     """Referrals in one sync response, as a burst from one room."""
     ts = int(START.timestamp() * 1000)
-    async with rig.store.transaction() as tx:
-        rooms = await tx.add_inbox(
-            [
-                InboxItem(f"$b{first + n}", DM, NURSE, ts + n, True, "pending", {"body": body})
-                for n, body in enumerate(forms)
-            ]
-        )
-    rig.pipeline.kick_rooms(rooms)
+    await rig.inject(
+        *(
+            InboxItem(f"$b{first + n}", DM, NURSE, ts + n, True, "pending", {"body": body})
+            for n, body in enumerate(forms)
+        ),
+        wait=False,
+    )
 
 
 def team_refs(rig: Rig) -> list[list[str]]:

@@ -4,7 +4,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from handlers.working_days import (
@@ -204,7 +204,6 @@ _starts = st.datetimes(
 )
 
 
-@settings(max_examples=200, deadline=None)
 @given(start=_starts, hours=st.integers(min_value=0, max_value=200))
 def test_add_working_hours_properties(start: datetime, hours: int) -> None:
     result = add_working_hours(start, hours)
@@ -219,7 +218,6 @@ def test_add_working_hours_properties(start: datetime, hours: int) -> None:
         assert add_working_days(start, hours // 8) == result
 
 
-@settings(max_examples=200, deadline=None)
 @given(start=_starts, days=st.integers(min_value=0, max_value=30))
 def test_add_working_days_properties(start: datetime, days: int) -> None:
     result = add_working_days(start, days)
