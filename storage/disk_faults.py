@@ -1,6 +1,7 @@
 """When the database cannot be written: notice it, say it (once a minute), wait, resume.
 
-A disk that is full, an I/O error or a read-only file make SQLite refuse writes. The
+A disk that is full, an I/O error or a read-only file make SQLite refuse writes (on
+PostgreSQL: the server's disk_full, io_error and read_only_sql_transaction errors). The
 transaction that met it rolled back whole, so nothing half-done is stored and nothing that
 was not stored is acknowledged. What must not happen then is what a bug in a handler
 causes: telling the sender "nothing was recorded" and marking the message handled (that
@@ -32,6 +33,13 @@ _NOT_WRITABLE = {
     13: "disk full",  # SQLITE_FULL
     14: "cannot open",  # SQLITE_CANTOPEN
 }
+# PostgreSQL (asyncpg) errors by SQLSTATE that mean the same. Anything else from
+# PostgreSQL (constraints, serialisation, a lost session: Store.lost) is not a disk fault.
+_PG_NOT_WRITABLE = {
+    "53100": "disk full",  # disk_full
+    "58030": "I/O error",  # io_error
+    "25006": "read-only",  # read_only_sql_transaction (e.g. a standby)
+}
 LOG_EVERY_S = 60.0
 PROBE_EVERY_S = 2.0
 
@@ -59,6 +67,9 @@ def fault_reason(exc: BaseException) -> str | None:
                 if phrase in text:
                     return reason
             return None
+        sqlstate = getattr(seen, "sqlstate", None)
+        if isinstance(sqlstate, str) and type(seen).__module__.startswith("asyncpg"):
+            return _PG_NOT_WRITABLE.get(sqlstate)
         seen = seen.__cause__
     return None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -21,17 +20,22 @@ from schemas.config import AttachmentsConfig, load_config
 from storage.engine import Store
 from storage.keyring import Keyring
 from storage.retention import PurgeCutoffs
+from tests.engines import config_lines, sql
 from tests.files import executable, odt, office, pdf, png
 from tests.forms import referral
 from tests.keys import KEYRING, TEST_KEY
 from tests.unit.harness import NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.rig import edit_by_hand
 
+# Storage behaviour: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("engine")
+
+
 OTHER = "@other-nurse:example.org"
 
 
 @pytest_asyncio.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(
         tmp_path / "referrals.db",
         attachments=AttachmentsConfig(max_bytes=50_000, max_per_referral=3),
@@ -85,12 +89,8 @@ async def send_file(
     return await h.event(sender, payload, room=room)
 
 
-def rows(h: Harness, sql: str) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(h.store.path)
-    try:
-        return db.execute(sql).fetchall()
-    finally:
-        db.close()
+def rows(h: Harness, query: str) -> list[tuple[Any, ...]]:
+    return sql(h.store.where, query)
 
 
 # -- the type, from the bytes ----------------------------------------------------------
@@ -304,7 +304,7 @@ async def test_verify_checks_each_file_against_the_running_record(h: Harness) ->
     async with h.store.snapshot() as tx:
         report = await tx.check_chains()
     assert report.breaks == [] and report.attachments == 2
-    path = h.store.path
+    path = h.store.where
     await h.store.close()
     # The digest changed with the bytes: not what the running record says.
     edit_by_hand(path, "UPDATE attachments SET sha256 = 'ab' || substr(sha256, 3) WHERE id = 1")
@@ -334,7 +334,7 @@ async def test_rotate_key_rewraps_files_that_open_with_the_new_key(h: Harness) -
     async with h.store.transaction() as tx:
         counts = await tx.reencrypt_all(KEYRING, new)
     assert counts["attachments"] == 1
-    path = h.store.path
+    path = h.store.where
     await h.store.close()
     store = await Store.open(path, new)
     try:
@@ -365,8 +365,8 @@ url = "http://127.0.0.1:8008"
 user_id = "@bot:example.org"
 password = {{ file = "key" }}
 [storage]
-data_dir = "{h.store.path.parent}"
-store_key = {{ file = "key" }}
+data_dir = "{tmp_path}"
+{config_lines(tmp_path / "referrals.db")}store_key = {{ file = "key" }}
 database_key = {{ file = "key" }}
 [access]
 allowed_homeservers = ["example.org"]

@@ -7,6 +7,7 @@ import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from bot.verification import VERIFY_COMMANDS
@@ -25,11 +26,15 @@ from handlers.commands import COMMANDS, Where, Who
 from tests.unit.harness import MANAGER, NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.test_meetings import AGENCIES, meeting_for
 
+# Storage behaviour: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("engine")
+
+
 ADMIN = "@admin:example.org"
 
 
 @pytest_asyncio.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "r.db", admins=frozenset({ADMIN}), agencies=AGENCIES)
     yield harness
     await harness.store.close()

@@ -1,6 +1,11 @@
 """The database refuses writes (disk full): nothing is acknowledged that was not stored,
 nobody is told "nothing was recorded", and the bot catches up by itself once there is
-room again. Real SQLite, made full with `max_page_count`."""
+room again. Real SQLite, made full with `max_page_count`.
+
+SQLite only, except the last test: a full disk is staged with SQLite's `max_page_count`
+(tests/disk.py); a PostgreSQL server cannot be made to run out of disk from a unit test.
+On PostgreSQL the same code reads the server's SQLSTATE (disk_full, io_error,
+read_only_sql_transaction); the last test checks that its other errors never count."""
 
 from __future__ import annotations
 
@@ -16,9 +21,11 @@ import pytest
 from schemas.messages import InboxItem
 from storage import disk_faults
 from storage.disk_faults import WriteFaults, fault_reason
+from storage.engine import Postgres
 from tests.disk import free_space, limit_pages
+from tests.engines import location, on_postgres
 from tests.forms import referral
-from tests.unit.rig import DM, NURSE, START, rig_at, sql
+from tests.unit.rig import DM, NURSE, START, opened, rig_at, sql
 
 
 @pytest.fixture(autouse=True)
@@ -130,3 +137,42 @@ async def test_the_fault_is_logged_once_a_minute_not_per_write(
     assert lines[0].startswith("database not writable (disk full)")
     assert lines[1].startswith("database writable again")
     await faults.close()
+
+
+async def test_postgresql_errors_are_not_disk_faults_unless_they_say_so(
+    tmp_path: Path, engine: str
+) -> None:
+    """Real errors from the session's PostgreSQL: a constraint, a syntax error and a closed
+    session are not disk faults (a failed transaction leaves the store writable); a write
+    refused as read-only is one, and so are disk_full and io_error by their SQLSTATE."""
+    if not on_postgres():
+        pytest.skip("PostgreSQL's errors (SQLite's are the tests above)")
+    import asyncpg
+
+    async with opened(tmp_path / "r.db") as store:
+        with pytest.raises(asyncpg.UniqueViolationError) as duplicate:
+            async with store.transaction() as tx:
+                await tx._db.execute("INSERT INTO kv (key, value) VALUES ('a', '1')")
+                await tx._db.execute("INSERT INTO kv (key, value) VALUES ('a', '2')")
+        assert not store.faults.active
+        async with store.transaction() as tx:  # still writable
+            await tx.set_kv("b", "1")
+    where = location(tmp_path / "r.db")
+    assert isinstance(where, Postgres)
+    conn = await asyncpg.connect(where.dsn)
+    try:
+        with pytest.raises(asyncpg.PostgresSyntaxError) as syntax:
+            await conn.execute("SELEC 1")
+        with pytest.raises(asyncpg.ReadOnlySQLTransactionError) as readonly:
+            async with conn.transaction(readonly=True):
+                await conn.execute("INSERT INTO kv (key, value) VALUES ('c', '1')")
+    finally:
+        await conn.close()
+    with pytest.raises(asyncpg.InterfaceError) as closed:
+        await conn.execute("SELECT 1")
+    assert fault_reason(duplicate.value) is None
+    assert fault_reason(syntax.value) is None
+    assert fault_reason(closed.value) is None
+    assert fault_reason(readonly.value) == "read-only"
+    assert fault_reason(asyncpg.exceptions.DiskFullError("no space left")) == "disk full"
+    assert fault_reason(asyncpg.exceptions.PostgresIOError("could not write")) == "I/O error"

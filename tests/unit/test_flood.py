@@ -17,11 +17,15 @@ from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.harness import NURSE, WORKER, Harness
 
+# Storage behaviour: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("engine")
+
+
 OTHER = "@health-visitor:example.org"
 
 
 @pytest.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "f.db")
     yield harness
     await harness.pipeline.stop()

@@ -8,17 +8,22 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 import pytest_asyncio
 
 from schemas.messages import InboxItem
 from tests.forms import referral
 from tests.unit.harness import NURSE, Harness
 
+# Storage behaviour: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("engine")
+
+
 WAIT_S = 30.0
 
 
 @pytest_asyncio.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "referrals.db", late_key_wait_seconds=WAIT_S)
     yield harness
     await harness.store.close()

@@ -6,14 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import sqlite3
 from pathlib import Path
+
+import pytest
 
 from schemas.domain import Outcome
 from storage.migrations import MIGRATIONS
+from tests.engines import on_postgres
 from tests.forms import referral
 from tests.unit.harness import NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.rig import cli, sql, write_config
+
+pytestmark = pytest.mark.usefixtures("engine")
 
 # The schema a database had before the outcome was stored by key (the step before 13).
 BEFORE_KEYS = max(version for version, _ in MIGRATIONS if version < 13)
@@ -70,12 +74,12 @@ async def test_decisions_stored_as_text_upgrade_to_keys_and_read_back_the_same(
     finally:
         await h.close()
     # As the bot before migration 13 left them: the display text in the column.
-    old = sqlite3.connect(db)
     for outcome, ref in refs.items():
-        old.execute("UPDATE referrals SET outcome = ? WHERE ref = ?", (outcome.value, ref))
-    old.execute(f"PRAGMA user_version = {BEFORE_KEYS:d}")
-    old.commit()
-    old.close()
+        sql(db, "UPDATE referrals SET outcome = ? WHERE ref = ?", outcome.value, ref)
+    if on_postgres():
+        sql(db, "DELETE FROM schema_version WHERE version > ?", BEFORE_KEYS)
+    else:
+        sql(db, f"PRAGMA user_version = {BEFORE_KEYS:d}")
     record = sql(db, "SELECT * FROM record_entries ORDER BY id")
     assert {str(text) for (text,) in sql(db, "SELECT outcome FROM referrals")} == {
         o.value for o in Outcome

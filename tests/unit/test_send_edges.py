@@ -8,7 +8,6 @@ up as a failed outbox row, the advice team told, the room's later messages sent.
 from __future__ import annotations
 
 import re
-import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,18 @@ from bot.messenger import classify_refusal, matrix_content
 from bot.pipeline import fallback_shapes
 from handlers.notify import answer_place
 from handlers.ports import Incoming, OutgoingMessage, SendRejected
+from tests.engines import sql
 from tests.forms import referral
 from tests.unit.harness import NURSE, TEAM_ROOM, WORKER, Harness
 from tests.unit.rig import cli, write_config
 
+# Storage behaviour: every test here runs on SQLite and on PostgreSQL.
+pytestmark = pytest.mark.usefixtures("engine")
+
+
 
 @pytest_asyncio.fixture
-async def h(tmp_path: Path) -> AsyncIterator[Harness]:
+async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "data" / "referrals.db")
     harness.pipeline.rejected_delay_s = 0.0
     yield harness
@@ -51,12 +55,8 @@ def refs(text: str) -> list[str]:
     return re.findall(r"REF-\d{4}-\d{6}", text)
 
 
-def rows(h: Harness, sql: str, *args: object) -> list[tuple[Any, ...]]:
-    db = sqlite3.connect(h.store.path)
-    try:
-        return db.execute(sql, args).fetchall()
-    finally:
-        db.close()
+def rows(h: Harness, query: str, *args: object) -> list[tuple[Any, ...]]:
+    return sql(h.store.where, query, *args)
 
 
 # -- where an answer goes -----------------------------------------------------------------
