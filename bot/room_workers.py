@@ -36,8 +36,13 @@ class RoomWorkers:
         self._faults = faults
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._again: set[str] = set()
+        # Set by `cancel` (the bot stopping, its store about to close): a kick that comes
+        # later (a delayed look at a held room, an after-commit hook) starts nothing.
+        self._stopped = False
 
     def kick(self, room_id: str) -> None:
+        if self._stopped:
+            return
         if room_id in self._tasks:
             self._again.add(room_id)
             return
@@ -83,6 +88,7 @@ class RoomWorkers:
             await asyncio.gather(*list(self._tasks.values()), return_exceptions=True)
 
     async def cancel(self) -> None:
+        self._stopped = True
         tasks = list(self._tasks.values())
         for task in tasks:
             task.cancel()

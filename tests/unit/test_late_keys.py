@@ -26,7 +26,9 @@ WAIT_S = 30.0
 async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "referrals.db", late_key_wait_seconds=WAIT_S)
     yield harness
-    await harness.store.close()
+    # The pipeline too: a held room's delayed look would otherwise start a worker on the
+    # closed store, in the session's event loop, long after this test.
+    await harness.close()
 
 
 async def _undecryptable(h: Harness, event_id: str) -> int:
@@ -131,3 +133,16 @@ async def test_zero_wait_never_holds(tmp_path: Path) -> None:
         assert _ref_of(h, later).endswith("-000001")
     finally:
         await h.store.close()
+
+
+async def test_a_held_rooms_delayed_look_starts_nothing_once_the_bot_stopped(
+    tmp_path: Path, engine: str
+) -> None:
+    import asyncio
+
+    h = await Harness.open(tmp_path / "stop.db", late_key_wait_seconds=0.2)
+    await _undecryptable(h, "$held")
+    await h.send(NURSE, referral())  # held behind it: a look at the room in 0.2 s
+    await h.close()
+    await asyncio.sleep(0.5)
+    assert h.pipeline.inbox_workers.busy == 0
