@@ -25,6 +25,7 @@ from datetime import UTC, date, datetime
 
 from handlers import flood, intake, views
 from handlers.context import Call
+from handlers.form_fields import referral_template
 from handlers.guided_answers import choices_for, find_question, interpret, pick, question_of_label
 from handlers.guided_asking import (
     advance,
@@ -51,7 +52,7 @@ from handlers.guided_state import (
 from handlers.intake import record_referral
 from handlers.notify import LONDON
 from handlers.ports import Incoming
-from handlers.referral_form import parse_values, referral_template
+from handlers.referral_form import parse_values
 from handlers.render import Doc
 from handlers.settings import Settings
 from schemas.domain import Purpose

@@ -10,9 +10,11 @@ from __future__ import annotations
 import re
 from datetime import date
 
+from handlers.form_fields import FIELD_BY_KEY
+from handlers.form_lines import read_labelled
 from handlers.guided_questions import IDENTITY_KEYS, QUESTIONS, Choice, Question
 from handlers.guided_state import State, applicable_answers, reviewable
-from handlers.referral_form import FIELD_BY_KEY, parse_values, read_labelled
+from handlers.referral_form import parse_values
 from handlers.settings import Settings
 
 _NUMBERS = re.compile(r"^\s*\d{1,2}(\s*[,;]\s*\d{1,2}|\s+and\s+\d{1,2}|\s+\d{1,2})*\s*$")

@@ -5,6 +5,7 @@ review of every answer before sending, and the list of answers to change.
 
 from __future__ import annotations
 
+from handlers.form_fields import FIELD_BY_KEY
 from handlers.guided_answers import choices_for
 from handlers.guided_questions import (
     AGE_KEYS,
@@ -27,7 +28,6 @@ from handlers.guided_state import (
     reviewable,
 )
 from handlers.ports import Poll
-from handlers.referral_form import FIELD_BY_KEY
 from handlers.render import Doc
 from handlers.settings import Settings
 
