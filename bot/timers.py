@@ -10,7 +10,7 @@ import logging
 
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
-from handlers.guided import check_drafts
+from handlers.guided_state import check_drafts
 from handlers.meeting_record import chase_actions
 from handlers.reports import weekly_report_due
 from storage.disk_faults import is_disk_fault

@@ -21,8 +21,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
+from handlers.form_lines import form_fields_in
 from handlers.ports import Incoming
-from handlers.referral_form import form_fields_in
 from handlers.render import Doc, Para
 from storage.tx import Tx
 

@@ -11,10 +11,11 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from handlers.form_fields import FieldProblem
 from handlers.notify import LONDON, answer_place, format_time
 from handlers.pattern import Pattern, find_pattern
 from handlers.ports import Incoming, OutgoingMessage, txn_id_for
-from handlers.referral_form import FieldProblem, parse_referral
+from handlers.referral_form import parse_referral
 from handlers.render import Doc
 from handlers.settings import Settings
 from handlers.working_days import add_working_days, describe_deadline

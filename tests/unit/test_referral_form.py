@@ -8,18 +8,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from handlers.referral_form import (
+from handlers.form_fields import (
     FIELD_BY_KEY,
     FIELD_LABELS,
     FIELDS,
     MESSAGE_FIELD,
     FieldProblem,
-    ParsedReferral,
-    _normalise_label,
-    _translate,
-    parse_referral,
     referral_template,
 )
+from handlers.form_lines import _normalise_label
+from handlers.referral_form import ParsedReferral, _translate, parse_referral
 from schemas.referral import (
     ChildDetails,
     ConcernCategory,
