@@ -48,6 +48,7 @@ class ClaimOptions:
     rounds: int = 10
     out: Path | None = None
     keep: bool = False
+    database: str | None = None  # a PostgreSQL URL for the bot's tables (default: SQLite)
 
 
 @dataclass
@@ -175,6 +176,7 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
         world.configure(
             http_listen=f"127.0.0.1:{port}",
             advice_team=[world.worker.user_id, *(w.user_id for w in workers)],
+            database=opts.database,
         )
         bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
         await bot.start()

@@ -254,9 +254,7 @@ class BotApp:
         # A PostgreSQL session that ends under the bot takes its locks with it: stop (the
         # supervisor restarts the bot, which takes the database again) rather than go on.
         lost = asyncio.create_task(self.store.lost.wait())
-        await asyncio.wait(
-            {stopper, lost, self._sync_task}, return_when=asyncio.FIRST_COMPLETED
-        )
+        await asyncio.wait({stopper, lost, self._sync_task}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         lost.cancel()
         failed = self._sync_task.done() and not self._sync_task.cancelled()

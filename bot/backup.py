@@ -60,9 +60,7 @@ def _is_sqlite(path: Path) -> bool:
 
 def _files(data_dir: Path) -> list[Path]:
     return sorted(
-        p
-        for p in data_dir.rglob("*")
-        if p.is_file() and not p.name.endswith(_SKIP_SUFFIXES)
+        p for p in data_dir.rglob("*") if p.is_file() and not p.name.endswith(_SKIP_SUFFIXES)
     )
 
 

@@ -355,9 +355,7 @@ class Store:
             try:
                 # BEGIN inside the try: a task cancelled while awaiting it (shutdown) has
                 # still queued it on the connection, and must not leave it open.
-                await self._db.execute(
-                    "BEGIN IMMEDIATE" if self.engine == "sqlite" else "BEGIN"
-                )
+                await self._db.execute("BEGIN IMMEDIATE" if self.engine == "sqlite" else "BEGIN")
                 await self._fence()
                 yield tx
             except BaseException as exc:

@@ -186,9 +186,7 @@ class SqliteConnection(Connection):
         return f"(julianday({later}) - julianday({earlier})) * 24.0"
 
     def months_before(self, column: str, months: int) -> str:
-        return (
-            f"strftime('%Y-%m-%dT%H:%M:%f', {column}, '-{int(months)} months') || '+00:00'"
-        )
+        return f"strftime('%Y-%m-%dT%H:%M:%f', {column}, '-{int(months)} months') || '+00:00'"
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------
@@ -244,9 +242,7 @@ def translate(sql: str) -> tuple[str, str]:
 
 
 class _ListCursor(Cursor):
-    def __init__(
-        self, rows: list[Row], rowcount: int = -1, lastrowid: int | None = None
-    ) -> None:
+    def __init__(self, rows: list[Row], rowcount: int = -1, lastrowid: int | None = None) -> None:
         self._rows = rows
         self._next = 0
         self.rowcount = rowcount
@@ -286,8 +282,8 @@ class PostgresConnection(Connection):
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> Cursor:
         text, how = translate(sql)
         if how == "status":
-            status = await self.raw.execute(text, *params) if params else await self.raw.execute(
-                text
+            status = (
+                await self.raw.execute(text, *params) if params else await self.raw.execute(text)
             )
             return _ListCursor([], _status_count(str(status)))
         rows: list[Row] = list(await self.raw.fetch(text, *params))

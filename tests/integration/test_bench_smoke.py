@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.ack_latency import Options, run_benchmark
 from bench.claim_contention import ClaimOptions, run_claims
 from bench.flood import FloodOptions, run_flood
 from bot.devserver import DevSynapse
+from storage.engine import Postgres
+from tests.engines import location, sql
 
 pytestmark = pytest.mark.integration
 
@@ -28,8 +32,11 @@ async def test_benchmark_smoke_run(synapse: DevSynapse) -> None:
     assert results["summary"][0]["rate"] == 2.0
 
 
-async def test_claim_contention_smoke_run(synapse: DevSynapse) -> None:
-    results = await run_claims(ClaimOptions(workers=4, rounds=1), hs=synapse)
+async def test_claim_contention_smoke_run(engine: str, synapse: DevSynapse, tmp_path: Path) -> None:
+    """Four workers claim one referral at once: one wins (on SQLite and on PostgreSQL)."""
+    where = location(tmp_path / "claims.db")
+    database = where.dsn if isinstance(where, Postgres) else None
+    results = await run_claims(ClaimOptions(workers=4, rounds=1, database=database), hs=synapse)
     (only,) = results["rounds"]
     assert only["answered"] == 4 and only["duplicates"] == 0
     assert len(only["winners"]) == 1, only
@@ -37,6 +44,8 @@ async def test_claim_contention_smoke_run(synapse: DevSynapse) -> None:
     assert results["summary"]["all_rounds_ok"] is True
     assert results["summary"]["p99_ms"] > 0
     assert results["bot_exit_code"] == 0
+    if isinstance(where, Postgres):  # the referral and its claim are in PostgreSQL
+        assert sql(where, "SELECT COUNT(*) FROM referrals WHERE state = 'claimed'") == [(1,)]
 
 
 async def test_attachment_roundtrip_smoke_run(synapse: DevSynapse) -> None:

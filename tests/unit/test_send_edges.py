@@ -29,7 +29,6 @@ from tests.unit.rig import cli, write_config
 pytestmark = pytest.mark.usefixtures("engine")
 
 
-
 @pytest_asyncio.fixture
 async def h(tmp_path: Path, engine: str) -> AsyncIterator[Harness]:
     harness = await Harness.open(tmp_path / "data" / "referrals.db")

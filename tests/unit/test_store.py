@@ -72,9 +72,7 @@ async def test_running_record_is_append_only(tmp_path: Path, engine: str) -> Non
     assert sql(tmp_path / "r.db", "SELECT kind FROM record_entries") == [("received",)]
 
 
-async def test_the_guard_is_lifted_only_inside_the_transaction(
-    tmp_path: Path, engine: str
-) -> None:
+async def test_the_guard_is_lifted_only_inside_the_transaction(tmp_path: Path, engine: str) -> None:
     """`append_only_lifted` (purge, rotate-key): the record can change inside that one
     transaction; after it, and after a rollback, the guard is back."""
     store = await Store.open(location(tmp_path / "r.db"), KEYRING)
