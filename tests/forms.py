@@ -34,3 +34,26 @@ def referral(**changes: str | None) -> str:
         else:
             fields[label] = value
     return "!refer\n" + "\n".join(f"{k}: {v}" for k, v in fields.items())
+
+
+# The same child as a guided referral (handlers/guided.py), question by question: (what
+# the question says, the answer typed).
+ANSWERS: list[tuple[str, str]] = [
+    ("immediate danger", "no"),
+    ("full name", "Alex Testchild"),
+    ("date of birth", "02/05/2014"),
+    ("Where does the child live", "2 Example Road, ZZ1 1ZZ"),
+    ("school", "Example Primary"),
+    ("GP", "skip"),
+    ("worried about", "neglect, physical abuse"),
+    ("What happened", 'Bruises on both arms; said: "dad was angry".'),
+    ("child say", "Wants to stay with gran."),
+    ("done already", "Informed the designated safeguarding lead."),
+    ("parents or carers been told", "yes"),
+    ("Identity and needs", "skip"),
+    ("CHILD PROTECTION REFERRAL or a CONTACT", "child protection referral"),
+    ("Your full name", "Sam Referrer"),
+    ("job title", "Health visitor"),
+    ("organisation", "health"),
+    ("phone number", "01632 960 123"),
+]

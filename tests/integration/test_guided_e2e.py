@@ -11,7 +11,7 @@ import pytest
 
 from bot.chat_user import ChatUser, Received
 from bot.world import World
-from tests.forms import referral
+from tests.forms import ANSWERS, referral
 from tests.integration.botproc import BotProcess, poll_until
 from tests.integration.live import db_rows, open_dm, running
 
@@ -19,27 +19,6 @@ pytestmark = pytest.mark.integration
 
 POLL_START = "org.matrix.msc3381.poll.start"
 POLL_END = "org.matrix.msc3381.poll.end"
-
-# The child of tests/forms.py, question by question: (what the question says, answer).
-ANSWERS: list[tuple[str, str]] = [
-    ("immediate danger", "no"),
-    ("full name", "Alex Testchild"),
-    ("date of birth", "02/05/2014"),
-    ("Where does the child live", "2 Example Road, ZZ1 1ZZ"),
-    ("school", "Example Primary"),
-    ("GP", "skip"),
-    ("worried about", "neglect, physical abuse"),
-    ("What happened", 'Bruises on both arms; said: "dad was angry".'),
-    ("child say", "Wants to stay with gran."),
-    ("done already", "Informed the designated safeguarding lead."),
-    ("parents or carers been told", "yes"),
-    ("Identity and needs", "skip"),
-    ("CHILD PROTECTION REFERRAL or a CONTACT", "child protection referral"),
-    ("Your full name", "Sam Referrer"),
-    ("job title", "Health visitor"),
-    ("organisation", "health"),
-    ("phone number", "01632 960 123"),
-]
 
 
 class Talk:

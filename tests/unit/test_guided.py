@@ -12,34 +12,12 @@ import pytest
 
 from handlers.ports import OutgoingMessage
 from tests.engines import dump, on_postgres
-from tests.forms import referral
+from tests.forms import ANSWERS, referral
 from tests.keys import KEYRING
 from tests.unit.harness import NURSE, WORKER, Harness
 
 # Storage behaviour: every test here runs on SQLite and on PostgreSQL.
 pytestmark = pytest.mark.usefixtures("engine")
-
-
-# The answers for the child of tests/forms.py, question by question.
-ANSWERS: list[tuple[str, str]] = [
-    ("immediate danger", "no"),
-    ("full name", "Alex Testchild"),
-    ("date of birth", "02/05/2014"),
-    ("Where does the child live", "2 Example Road, ZZ1 1ZZ"),
-    ("school", "Example Primary"),
-    ("GP", "skip"),
-    ("worried about", "neglect, physical abuse"),
-    ("What happened", 'Bruises on both arms; said: "dad was angry".'),
-    ("child say", "Wants to stay with gran."),
-    ("done already", "Informed the designated safeguarding lead."),
-    ("parents or carers been told", "yes"),
-    ("Identity and needs", "skip"),
-    ("CHILD PROTECTION REFERRAL or a CONTACT", "child protection referral"),
-    ("Your full name", "Sam Referrer"),
-    ("job title", "Health visitor"),
-    ("organisation", "health"),
-    ("phone number", "01632 960 123"),
-]
 
 
 def last(h: Harness, room: str) -> OutgoingMessage:
