@@ -286,6 +286,32 @@ def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> P
     )
 
 
+async def wind_down(
+    base: Path,
+    keep: bool,
+    *,
+    bot: BotProcess | None,
+    world: World | None,
+    hs: DevSynapse | None,
+    echo: EchoProcess | None = None,
+) -> None:
+    """How every benchmark ends, whatever happened: stop the bot and the echo bot, close
+    the clients, stop the homeserver if the run started it (`hs`), and remove the run's
+    files unless asked to keep them."""
+    if bot is not None:
+        await bot.stop()
+    if echo is not None:
+        await echo.stop()
+    if world is not None:
+        await world.close()
+    if hs is not None:
+        await hs.stop()
+    if keep:
+        print(f"files kept in {base}", file=sys.stderr)
+    else:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 async def run_phase(
     users: list[ChatUser],
     target: Target,
@@ -542,19 +568,11 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
         results["summary"] = summarise(results["phases"])
         return results
     finally:
-        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
-            await bot.stop()
-        await echo.stop()
-        if world is not None:
-            await world.close()
-        if own_hs:
-            await hs.stop()
-        if pg is not None:
+        if pg is not None:  # after the bot that uses it, before its files go
+            if bot is not None:
+                await bot.stop()
             await asyncio.to_thread(pg.stop)
-        if opts.keep:
-            print(f"files kept in {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        await wind_down(base, opts.keep, bot=bot, world=world, hs=hs if own_hs else None, echo=echo)
 
 
 def _record(results: dict[str, Any], phase: PhaseResult, opts: Options, **extra: Any) -> None:

@@ -24,7 +24,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -36,7 +35,7 @@ from typing import Any
 
 from nio.crypto.attachments import encrypt_attachment
 
-from bench.ack_latency import _cpu_seconds, _round, machine
+from bench.ack_latency import _cpu_seconds, _round, machine, wind_down
 from bench.seed_db import fake_referral
 from bot.chat_user import Received
 from bot.devprocess import BotProcess, free_port
@@ -189,16 +188,7 @@ async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) ->
         bot = None
         return results
     finally:
-        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
-            await bot.stop()
-        if world is not None:
-            await world.close()
-        if own_hs:
-            await hs.stop()
-        if opts.keep:
-            print(f"files kept in {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        await wind_down(base, opts.keep, bot=bot, world=world, hs=hs if own_hs else None)
 
 
 def main() -> None:

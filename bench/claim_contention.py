@@ -22,7 +22,6 @@ import os
 import random
 import re
 import secrets
-import shutil
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ack_latency import _cpu_seconds, _pct, _round, machine
+from bench.ack_latency import _cpu_seconds, _pct, _round, machine, wind_down
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
 from bot.devprocess import BotProcess, free_port
@@ -231,16 +230,7 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
-        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
-            await bot.stop()
-        if world is not None:
-            await world.close()
-        if own_hs:
-            await hs.stop()
-        if opts.keep:
-            print(f"files kept in {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        await wind_down(base, opts.keep, bot=bot, world=world, hs=hs if own_hs else None)
 
 
 def main() -> None:

@@ -25,7 +25,6 @@ import json
 import os
 import random
 import secrets
-import shutil
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from bench.ack_latency import (
     _pct,
     _round,
     machine,
+    wind_down,
 )
 from bench.ack_stages import STAGES, stages
 from bench.seed_db import fake_referral
@@ -283,17 +283,7 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
         return results
     finally:
-        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
-            await bot.stop()
-        await echo.stop()
-        if world is not None:
-            await world.close()
-        if own_hs:
-            await hs.stop()
-        if opts.keep:
-            print(f"files kept in {base}", file=sys.stderr)
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+        await wind_down(base, opts.keep, bot=bot, world=world, hs=hs if own_hs else None, echo=echo)
 
 
 def main() -> None:
