@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from bot.attachments import AttachmentFetcher
+from bot.outbox_order import BATCHED, MAX_BATCH, PollEnds, batchable_run
 from bot.room_workers import RoomWorkers
 from handlers.commands import handle_message
 from handlers.intake import combine_team_summaries
@@ -55,10 +56,6 @@ JOBS = "room-jobs"
 # A referral's other messages (the advice-team summary) wait for its acknowledgement to
 # be sent, so the two do not compete at the homeserver; never longer than this.
 ACK_FIRST_MAX_WAIT_S = 2.0
-# Messages that may be gathered into one under load (Pipeline._deliver_batch).
-BATCHED = frozenset({"team_summary"})
-MAX_BATCH = 20
-MAX_BATCH_BYTES = 24_000
 BATCH_POLL_S = 0.25
 # After the acknowledgements in hand have gone, a batch waits this long more before it goes.
 ACK_SETTLE_S = 0.02
@@ -104,6 +101,7 @@ class Pipeline:
         self.stopping = False
         # Rooms whose later messages wait for an earlier one's room key (a timer is set).
         self._held_rooms: set[str] = set()
+        self.poll_ends = PollEnds()
 
     @property
     def settings(self) -> Settings:
@@ -137,6 +135,7 @@ class Pipeline:
     def _committed(self, done: Committed) -> None:
         self.inbox_workers.kick_all(done.inbox_rooms)
         self.outbox_workers.kick_all(done.outbox_rooms)
+        self.poll_ends.news(set(done.outbox_rooms))
         if done.room_jobs:
             self.job_workers.kick(JOBS)
         self.attachment_workers.kick_all(done.attachment_rooms)
@@ -305,6 +304,10 @@ class Pipeline:
             if not rows:
                 return
             for row in rows:
+                if not self.stopping and self.poll_ends.overtaken(row, rows):
+                    continue  # bot/outbox_order.py: the room's newer messages go first
+                if not self.stopping and await self.poll_ends.wait_quiet(room_id, row):
+                    break  # something newer was queued meanwhile: read the queue again
                 if row.batch is not None or (
                     row.purpose in BATCHED and self.settings.team_summary_batch_seconds > 0
                 ):
@@ -334,7 +337,7 @@ class Pipeline:
             if rows[0].batch is not None:  # fixed before a crash or a failed send
                 run = [r for r in rows if r.batch == rows[0].batch]
                 break
-            run = _batchable_run(rows)
+            run = batchable_run(rows)
             if not run:
                 return  # not a summary at the head after all: _deliver_room sends it
             if self.settings.team_summary_batch_seconds <= 0:
@@ -488,6 +491,7 @@ class Pipeline:
             if first.purpose == "ack":
                 await self._ack_left_outbox()
             self.sent += len(rows)
+            self.poll_ends.sent(message.room_id)
             log.info(
                 "sent: outbox=%d rows=%d purpose=%s event=%s%s",
                 first.id,
@@ -569,21 +573,6 @@ def _describe_send_error(exc: BaseException) -> str:
     if type(exc).__name__ == "SendFailed":
         return f"SendFailed {exc}"
     return type(exc).__name__
-
-
-def _batchable_run(rows: list[OutboxRow]) -> list[OutboxRow]:
-    """The summaries at the head of the queue that may go out as one message: up to
-    MAX_BATCH of them and MAX_BATCH_BYTES of text (a Matrix event is at most 64 KiB)."""
-    run: list[OutboxRow] = []
-    size = 0
-    for row in rows:
-        if row.purpose not in BATCHED or row.batch is not None or len(run) == MAX_BATCH:
-            break
-        size += len(row.message.body.encode()) + len(row.message.html.encode())
-        if run and size > MAX_BATCH_BYTES:
-            break
-        run.append(row)
-    return run
 
 
 def _where(exc: BaseException) -> str:

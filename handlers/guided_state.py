@@ -68,7 +68,9 @@ class Turn:
         # Polls to end once this turn's own messages are queued: the next question first.
         self.ending: list[str] = []
 
-    async def send(self, doc: Doc, *, poll: Poll | None = None, reply: bool = False) -> str:
+    async def send(
+        self, doc: Doc, *, poll: Poll | None = None, reply: bool = False, purpose: str = "guided"
+    ) -> str:
         self.count += 1
         txn_id = txn_id_for(self.key, f"guided:{self.count}")
         body, html = doc.render()
@@ -81,7 +83,7 @@ class Turn:
                 poll=poll,
             ),
             txn_id=txn_id,
-            purpose="guided",
+            purpose=purpose,
         )
         self.txn_ids.append(txn_id)
         return txn_id
@@ -92,7 +94,8 @@ class Turn:
         for txn in ending:
             sent_as = await self.tx.sent_event_of(txn)
             if sent_as is not None:  # not sent yet: nothing to end
-                await self.send(Doc().para("This poll is closed."), poll=Poll(end_of=sent_as))
+                closed = Doc().para("This poll is closed.")
+                await self.send(closed, poll=Poll(end_of=sent_as), purpose="poll_end")
 
 
 async def close_poll(turn: Turn, state: State) -> None:
