@@ -395,6 +395,32 @@ MIGRATIONS: list[tuple[int, str]] = [
         WHERE outcome IS NOT NULL;
         """,
     ),
+    (
+        14,
+        """
+        -- Nothing on local disk, and one leader among many processes (issue 13, parts 2
+        -- and 3). device_files: what otherwise lives beside the database in data_dir
+        -- (credentials.json: the access token and device ID; cross_signing.json), each
+        -- sealed with storage.store_key. Used on PostgreSQL only (SQLite keeps the files in
+        -- data_dir); made on both so that the two schemas stay one.
+        CREATE TABLE device_files (
+            name        TEXT    PRIMARY KEY,
+            content     BLOB    NOT NULL,
+            updated_at  TEXT    NOT NULL
+        );
+
+        -- One row. A process that becomes leader adds one to `epoch` in the transaction
+        -- that makes it leader, and every write transaction of its checks that the epoch
+        -- is still its own (storage/leader.py): a process that lost the lead writes nothing.
+        CREATE TABLE leader (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            epoch       INTEGER NOT NULL,
+            holder      TEXT    NOT NULL,
+            since       TEXT    NOT NULL
+        );
+        INSERT INTO leader (id, epoch, holder, since) VALUES (1, 0, '', '');
+        """,
+    ),
 ]
 
 LATEST_VERSION = MIGRATIONS[-1][0]

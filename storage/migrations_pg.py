@@ -303,4 +303,34 @@ POSTGRES_MIGRATIONS: dict[int, str] = {
             ELSE outcome END
         WHERE outcome IS NOT NULL;
     """,
+    14: """
+        CREATE TABLE device_files (
+            name        TEXT    PRIMARY KEY,
+            content     BYTEA   NOT NULL,
+            updated_at  TEXT    NOT NULL
+        );
+
+        CREATE TABLE leader (
+            id          INTEGER PRIMARY KEY CHECK (id = 1),
+            epoch       BIGINT  NOT NULL,
+            holder      TEXT    NOT NULL,
+            since       TEXT    NOT NULL
+        );
+        INSERT INTO leader (id, epoch, holder, since) VALUES (1, 0, '', '');
+
+        -- Fences writes that do not go through the bot's own transactions (matrix-nio's
+        -- E2EE tables, bot/crypto_store_pg.py): a trigger on each of those tables calls
+        -- this, and it refuses unless the writing session says (setting referralbot.epoch)
+        -- that it belongs to the current leader.
+        CREATE FUNCTION referralbot_fence() RETURNS trigger LANGUAGE plpgsql AS $fence$
+        BEGIN
+            IF current_setting('referralbot.epoch', true) IS DISTINCT FROM
+                    (SELECT epoch::text FROM leader WHERE id = 1) THEN
+                RAISE EXCEPTION 'referral-bot: this process is not the leader (epoch %)',
+                    current_setting('referralbot.epoch', true);
+            END IF;
+            RETURN NULL;
+        END
+        $fence$;
+    """,
 }

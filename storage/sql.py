@@ -203,6 +203,7 @@ GENERATED_KEYS = {
     "drafts": "id",
     "attachment_jobs": "id",
     "attachments": "id",
+    "leader": "id",  # one row, id 1 (no key is generated; RETURNING is harmless)
 }
 
 _INSERT = re.compile(r"^\s*INSERT\s+(OR\s+IGNORE\s+)?INTO\s+(\w+)", re.IGNORECASE)
