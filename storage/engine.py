@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,11 @@ class WrongDatabaseKey(Exception):
 
 class DatabaseInUse(Exception):
     """Another process (a running bot) holds the database."""
+
+
+class NotLeader(Exception):
+    """Another process has become the leader since this one did: it must not write again
+    (PostgreSQL active/standby, docs/HA-DESIGN.md)."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ class Store:
         # Whether writes are being refused (disk full, I/O error, read-only): see
         # storage/disk_faults.py.
         self.faults = WriteFaults(self._space_probe)
+        # PostgreSQL, opened exclusively: the leader's epoch (storage `leader` row) this
+        # process holds; every write transaction checks it is still the stored one.
+        self.epoch: int | None = None
 
     @property
     def engine(self) -> str:
@@ -122,9 +131,22 @@ class Store:
         return str(self.where)
 
     @classmethod
-    async def open(cls, where: Location, keyring: Keyring, *, exclusive: bool = True) -> Store:
+    async def open(
+        cls,
+        where: Location,
+        keyring: Keyring,
+        *,
+        exclusive: bool = True,
+        standby: Callable[[], None] | None = None,
+        poll_s: float = 1.0,
+    ) -> Store:
+        """`standby` (PostgreSQL only): while another process holds the database, call it
+        and try again every `poll_s` instead of refusing (`DatabaseInUse`); the process
+        that gets the lock becomes the leader with the next epoch."""
         if isinstance(where, Postgres):
-            return await cls._open_postgres(where, keyring, exclusive=exclusive)
+            return await cls._open_postgres(
+                where, keyring, exclusive=exclusive, standby=standby, poll_s=poll_s
+            )
         path = where
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         lock_fd = _take_lock(path) if exclusive else None
@@ -152,21 +174,34 @@ class Store:
         return store
 
     @classmethod
-    async def _open_postgres(cls, where: Postgres, keyring: Keyring, *, exclusive: bool) -> Store:
+    async def _open_postgres(
+        cls,
+        where: Postgres,
+        keyring: Keyring,
+        *,
+        exclusive: bool,
+        standby: Callable[[], None] | None,
+        poll_s: float,
+    ) -> Store:
         conn = await _pg_connect(where)
         store = cls(PostgresConnection(conn), where, keyring, None)
         conn.add_termination_listener(lambda _conn: store._session_ended())
         try:
-            if exclusive:
-                got = await conn.fetchval(
-                    "SELECT pg_try_advisory_lock($1::int, hashtext(current_schema()))",
-                    _PG_LOCK_EXCLUSIVE,
-                )
-                if not got:
+            # The lock is held by this session, the one every write goes through: losing
+            # the session loses the lock and stops the writes together (`lost`).
+            while exclusive and not await conn.fetchval(
+                "SELECT pg_try_advisory_lock($1::int, hashtext(current_schema()))",
+                _PG_LOCK_EXCLUSIVE,
+            ):
+                if standby is None:
                     raise DatabaseInUse(
                         f"{where} is in use by another referral-bot process; stop the bot first"
                     )
+                standby()
+                await asyncio.sleep(poll_s)
             await store._prepare()
+            if exclusive:
+                await store._take_lead()
         except BaseException:
             await store.close()
             raise
@@ -372,11 +407,38 @@ class Store:
                 raise
         self._committed(tx.committed())
 
+    async def _take_lead(self) -> None:
+        """Become the leader: the next epoch, in a transaction of its own. A transaction
+        of the previous leader still running holds the row (`_fence`), so this waits for
+        it: the old leader's last write comes before the new leader's first."""
+        holder = f"{socket.gethostname()}:{os.getpid()}"
+        async with (
+            self.transaction() as tx,
+            self._db.execute(
+                "UPDATE leader SET epoch = epoch + 1, holder = ?, since = ? WHERE id = 1"
+                " RETURNING epoch",
+                (holder, tx.now.isoformat()),
+            ) as cur,
+        ):
+            row = await cur.fetchone()
+        assert row is not None, "the leader row is made by migration 14"
+        self.epoch = int(row[0])
+        log.info("leader: epoch=%d", self.epoch)
+
     async def _fence(self) -> None:
-        """Run at the start of every write transaction, inside it. The place for the
-        active/standby epoch check (issue 13, part 3): a process that is no longer the
-        leader must fail here, before it writes anything. Nothing to check yet."""
-        return None
+        """Run at the start of every write transaction, inside it: a process that is no
+        longer the leader (another took the lock after this one lost its session) fails
+        here, before it writes anything, and stops (`lost`). The shared row lock makes a
+        new leader's epoch bump wait for this transaction to end."""
+        if self.epoch is None:
+            return
+        async with self._db.execute("SELECT epoch FROM leader WHERE id = 1 FOR SHARE") as cur:
+            row = await cur.fetchone()
+        if row is None or int(row[0]) != self.epoch:
+            if not self.lost.is_set():
+                log.error("no longer the leader: epoch=%d stored=%s; stopping", self.epoch, row)
+                self.lost.set()
+            raise NotLeader(f"epoch {self.epoch} is no longer the leader's")
 
     def _committed(self, done: Committed) -> None:
         """Hand what a committed transaction left to `on_commit`. It is committed whatever
