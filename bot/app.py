@@ -53,6 +53,10 @@ class BotApp:
         self.stopping = False
         self.metrics = OpsMetrics()
         self.ops: OpsServer | None = None
+        # PostgreSQL active/standby (docs/HA-DESIGN.md): "standby" while another process
+        # holds the database, "leader" once this one does; /healthz and /metrics say which.
+        self.role = "starting"
+        self._session_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Log in, open the database, resume unfinished work and start syncing."""
@@ -71,7 +75,19 @@ class BotApp:
             raise ConfigError([f"storage.database_key: {exc}"]) from None
         creds_exist = (data_dir / "credentials.json").exists()
         password = None if creds_exist else cfg.bot.password.read()
-        self.store = await Store.open(database_location(cfg), keyring)
+        failover = cfg.storage.failover_seconds
+        self.store = await Store.open(
+            database_location(cfg),
+            keyring,
+            standby=self._standing_by,
+            failover_s=failover,
+        )
+        self.role = "leader"
+        if self.store.epoch is not None:
+            log.info("leading: epoch=%d", self.store.epoch)
+            self._session_task = asyncio.create_task(
+                self.store.watch_session(failover), name="session-watch"
+            )
         self.client = await open_client(
             homeserver=cfg.homeserver.url,
             user_id=cfg.bot.user_id,
@@ -114,6 +130,12 @@ class BotApp:
             run_deadline_clock(self.pipeline), name="deadline-clock"
         )
         await self._start_checkpoints()
+
+    def _standing_by(self) -> None:
+        """Another process leads (PostgreSQL): wait, without logging in or syncing."""
+        if self.role != "standby":
+            log.info("standby: another referral-bot process leads; taking over when it stops")
+        self.role = "standby"
 
     async def _start_checkpoints(self) -> None:
         """Anchor the running records outside the database (bot/checkpoints.py)."""
@@ -192,18 +214,28 @@ class BotApp:
 
     async def shutdown(self, drain_timeout: float = 10.0) -> None:
         """Stop syncing, finish the events in hand, flush the outbox, close. Never logs out."""
-        for task in (self._clock_task, self._resume_task, self._checkpoint_task):
+        lost = self.store is not None and self.store.lost.is_set()
+        for task in (
+            self._clock_task,
+            self._resume_task,
+            self._checkpoint_task,
+            self._session_task,
+        ):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self.stopping = True
+        if lost and self.pipeline is not None:
+            # No longer the leader, or no database session: another process may be
+            # sending already. Nothing more is sent or written here, starting now.
+            await self.pipeline.stop()
         log.info("shutting down: finishing the events in hand and flushing the outbox")
         if self._sync_task is not None:
             self._sync_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._sync_task
-        if self.pipeline is not None:
+        if self.pipeline is not None and not lost:
             self.pipeline.stopping = True  # summaries waiting to be batched go now
             try:
                 # The sync task may have been cancelled after storing events but before
@@ -213,7 +245,7 @@ class BotApp:
             except TimeoutError:
                 log.warning("shutdown: work left in the outbox is sent on the next start")
             await self.pipeline.stop()
-        if self.anchor is not None:
+        if self.anchor is not None and not lost:
             # The entries of the last seconds are anchored too (not posted to the audit
             # room: the outbox has stopped).
             self.anchor.audit_room = None

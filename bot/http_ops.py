@@ -1,7 +1,9 @@
 """The operations endpoint: `/healthz` and `/metrics` on a loopback address.
 
 `/healthz` answers 200 only when the bot is logged in, has finished its first sync and
-can write to its database; otherwise 503 with the reason. `/metrics` is Prometheus text:
+can write to its database; otherwise 503 with the reason. A standby (PostgreSQL
+active/standby: another process leads) answers 200 `{"status": "standby"}`, so that an
+orchestrator keeps it running. `/metrics` is Prometheus text:
 referrals by type and state, decisions overdue, events waiting for a room key, outbox
 depth, messages given up (refused for good by the homeserver) and the acknowledgement
 latency histogram. Neither carries personal data: only
@@ -53,6 +55,8 @@ class RunningBot(Protocol):
     def sync(self) -> SyncLoop | None: ...
     @property
     def sync_failed(self) -> bool: ...
+    @property
+    def role(self) -> str: ...  # "starting", "standby" or "leader" (bot/app.py)
 
 
 class OpsMetrics:
@@ -88,6 +92,7 @@ class _Snapshot(Collector):
         self.sent = 0
         self.send_failures = 0
         self.syncs = 0
+        self.role = "starting"
 
     def describe(self) -> list[Metric]:
         return []  # values are only known at scrape time
@@ -106,6 +111,14 @@ class _Snapshot(Collector):
             self.send_failures,
         )
         yield CounterMetricFamily("referralbot_syncs", "Completed sync batches", self.syncs)
+        role = GaugeMetricFamily(
+            "referralbot_role",
+            "1 for this process's role: leader, standby or starting",
+            labels=["role"],
+        )
+        for name in ("leader", "standby", "starting"):
+            role.add_metric([name], 1 if self.role == name else 0)
+        yield role
         counts = self.counts
         if counts is None:
             return
@@ -194,6 +207,8 @@ class OpsServer:
             await tx.set_kv(PROBE_KEY, datetime.now(UTC).isoformat(timespec="seconds"))
 
     async def _healthz(self, request: web.Request) -> web.Response:
+        if self.app.role == "standby" and not self.app.stopping:
+            return web.json_response({"status": "standby"})
         reason = await self.health()
         if reason is None:
             return web.json_response({"status": "ok"})
@@ -202,7 +217,8 @@ class OpsServer:
     async def _metrics(self, request: web.Request) -> web.Response:
         app = self.app
         snap = self.metrics.snapshot
-        snap.ready = await self.health() is None
+        snap.role = self.app.role
+        snap.ready = snap.role != "standby" and await self.health() is None
         if app.pipeline is not None:
             snap.handled, snap.sent = app.pipeline.handled, app.pipeline.sent
             snap.send_failures = app.pipeline.send_failures

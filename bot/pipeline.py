@@ -409,6 +409,8 @@ class Pipeline:
         rejections = 0
         rejected_delay = self.rejected_delay_s
         while True:
+            if self.store.lost.is_set():
+                return  # no longer the leader: the one that is sends it (same txn ID)
             name, attempt, attempt_txn = shapes[shape]
             try:
                 event_id = await self._send(attempt, attempt_txn)

@@ -95,6 +95,13 @@ class StorageConfig(_Strict):
     database_password: SecretSource | None = Field(
         default=None, description="the PostgreSQL user's password (never in the URL)"
     )
+    failover_seconds: float = Field(
+        default=10.0,
+        ge=2.0,
+        le=300.0,
+        description="PostgreSQL active/standby: how soon a standby takes over from a "
+        "leader that died or lost its database session",
+    )
 
     @field_validator("database")
     @classmethod

@@ -138,14 +138,16 @@ class Store:
         *,
         exclusive: bool = True,
         standby: Callable[[], None] | None = None,
-        poll_s: float = 1.0,
+        failover_s: float = 10.0,
     ) -> Store:
         """`standby` (PostgreSQL only): while another process holds the database, call it
-        and try again every `poll_s` instead of refusing (`DatabaseInUse`); the process
-        that gets the lock becomes the leader with the next epoch."""
+        and try again (five times per `failover_s`, at least once a second) instead of
+        refusing (`DatabaseInUse`); the process that gets the lock becomes the leader with
+        the next epoch. The server drops the session of a leader whose machine died within
+        about `failover_s` (TCP keepalives asked for by the session)."""
         if isinstance(where, Postgres):
             return await cls._open_postgres(
-                where, keyring, exclusive=exclusive, standby=standby, poll_s=poll_s
+                where, keyring, exclusive=exclusive, standby=standby, failover_s=failover_s
             )
         path = where
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -181,9 +183,9 @@ class Store:
         *,
         exclusive: bool,
         standby: Callable[[], None] | None,
-        poll_s: float,
+        failover_s: float,
     ) -> Store:
-        conn = await _pg_connect(where)
+        conn = await _pg_connect(where, keepalive_s=failover_s if exclusive else None)
         store = cls(PostgresConnection(conn), where, keyring, None)
         conn.add_termination_listener(lambda _conn: store._session_ended())
         try:
@@ -198,7 +200,7 @@ class Store:
                         f"{where} is in use by another referral-bot process; stop the bot first"
                     )
                 standby()
-                await asyncio.sleep(poll_s)
+                await asyncio.sleep(min(1.0, failover_s / 5))
             await store._prepare()
             if exclusive:
                 await store._take_lead()
@@ -425,6 +427,26 @@ class Store:
         self.epoch = int(row[0])
         log.info("leader: epoch=%d", self.epoch)
 
+    async def watch_session(self, failover_s: float) -> None:
+        """The leader's heartbeat: every third of `failover_s`, check on the write session
+        that this process still holds the epoch. A session that does not answer in that
+        time (network cut, server gone) or an epoch that moved on sets `lost`, and the bot
+        stops before a standby can have taken over (it needs the whole `failover_s`)."""
+        interval = failover_s / 3
+        while not self.lost.is_set():
+            await asyncio.sleep(interval)
+            if self._lock.locked():
+                continue  # a transaction is running: it checks the epoch itself
+            try:
+                async with asyncio.timeout(interval):
+                    async with self.transaction():
+                        pass  # BEGIN, the epoch check (`_fence`), COMMIT
+            except Exception as exc:
+                if not self._closing and not self.lost.is_set():
+                    log.error("database session check failed (%s): stopping", type(exc).__name__)
+                    self.lost.set()
+                return
+
     async def _fence(self) -> None:
         """Run at the start of every write transaction, inside it: a process that is no
         longer the leader (another took the lock after this one lost its session) fails
@@ -465,11 +487,28 @@ class Store:
                 await _rollback(self._db)
 
 
-async def _pg_connect(where: Postgres) -> Any:
+async def _pg_connect(where: Postgres, *, keepalive_s: float | None = None) -> Any:
     import asyncpg  # only needed with PostgreSQL
 
+    settings: dict[str, str] = {}
+    if keepalive_s is not None:
+        # The server notices a dead peer (machine gone, network cut) within about
+        # `keepalive_s` and ends the session, releasing the leader's lock; ignored on a
+        # Unix socket, where a dead process closes the socket at once anyway.
+        step = max(1, int(keepalive_s // 4))
+        settings = {
+            "tcp_keepalives_idle": str(step),
+            "tcp_keepalives_interval": str(step),
+            "tcp_keepalives_count": "2",
+            "tcp_user_timeout": str(int(keepalive_s * 1000)),
+        }
     # Every statement the domain modules write stays prepared (a miss costs a round trip).
-    return await asyncpg.connect(where.dsn, password=where.password, statement_cache_size=1000)
+    return await asyncpg.connect(
+        where.dsn,
+        password=where.password,
+        statement_cache_size=1000,
+        server_settings=settings or None,
+    )
 
 
 async def _rollback(db: Connection) -> None:
