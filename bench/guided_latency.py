@@ -155,6 +155,8 @@ async def run(
             await user.wait_reply(await user.send(room, "!help"), timeout=60)
 
         guided: list[float] = []
+        # The slowest answers, by their place in the referral (which question follows).
+        slowest: list[tuple[float, int, int]] = []
         baseline: list[float] = []
         made = 0
         for k in range(rounds):
@@ -173,6 +175,8 @@ async def run(
                         )
                     )
                     guided += [v for p in parts for v in p]
+                    slowest += [(v, made, i) for p in parts for i, v in enumerate(p)]
+                    slowest = sorted(slowest, reverse=True)[:5]
                     made += 1
             print(f"round {k + 1}/{rounds} done", flush=True)
         results["echo"] = _summary(baseline)
@@ -180,6 +184,9 @@ async def run(
         results["ratio_p50"] = round(results["guided"]["p50_ms"] / results["echo"]["p50_ms"], 2)
         results["ratio_p99"] = round(results["guided"]["p99_ms"] / results["echo"]["p99_ms"], 2)
         results["guided_referrals"] = practitioners * made
+        results["guided_slowest"] = [
+            {"ms": round(v, 1), "round": r, "answer": i} for v, r, i in slowest
+        ]
     finally:
         if bot is not None and bot.proc is not None and bot.proc.returncode is None:
             await bot.stop()

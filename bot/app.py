@@ -115,6 +115,7 @@ class BotApp:
         await self.trust.load()
         messenger = MatrixMessenger(self.client, cfg.is_allowed_user, self.trust)
         self.pipeline = Pipeline(self.store, settings, messenger)
+        self.pipeline.may_send.clear()  # until the first sync (_resume_after_first_sync)
         self.pipeline.use_media(messenger)
         if self.config_path is not None:
             self.pipeline.reloader = ConfigReloader(self.config_path, cfg, settings)
@@ -167,6 +168,7 @@ class BotApp:
         bot is in: sending before that only fails and retries."""
         assert self.sync is not None and self.pipeline is not None
         await self.sync.ready.wait()
+        self.pipeline.may_send.set()
         await self.pipeline.resume()
 
     async def _run_sync(self) -> None:
@@ -241,6 +243,8 @@ class BotApp:
                 # The sync task may have been cancelled after storing events but before
                 # handing them to the workers: pick up everything stored, then drain.
                 await self.pipeline.resume()
+                if not self.pipeline.may_send.is_set():  # stopped before the first sync
+                    await self.pipeline.stop()
                 await asyncio.wait_for(self.pipeline.wait_idle(), drain_timeout)
             except TimeoutError:
                 log.warning("shutdown: work left in the outbox is sent on the next start")

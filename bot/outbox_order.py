@@ -38,6 +38,9 @@ class PollEnds:
         self._last_send: dict[str, float] = {}
         self._since: dict[int, float] = {}
         self._news: dict[str, asyncio.Event] = {}
+        # How many commits queued something for each room (to notice one that came
+        # between reading the queue and starting to wait).
+        self._generation: dict[str, int] = {}
 
     @staticmethod
     def overtaken(row: OutboxRow, rows: list[OutboxRow]) -> bool:
@@ -52,15 +55,22 @@ class PollEnds:
     def news(self, room_ids: set[str]) -> None:
         """Something was queued for these rooms: a waiting end lets it go first."""
         for room_id in room_ids:
+            self._generation[room_id] = self._generation.get(room_id, 0) + 1
             event = self._news.get(room_id)
             if event is not None:
                 event.set()
 
-    async def wait_quiet(self, room_id: str, row: OutboxRow) -> bool:
-        """Wait until `row` may go. True: something newer was queued meanwhile (read the
-        queue again); False: send it now."""
+    def generation(self, room_id: str) -> int:
+        """Taken before reading the room's queue, and given to `wait_quiet`."""
+        return self._generation.get(room_id, 0)
+
+    async def wait_quiet(self, room_id: str, row: OutboxRow, read_at: int) -> bool:
+        """Wait until `row` may go. True: something newer was queued since the queue was
+        read (at generation `read_at`): read it again; False: send it now."""
         if row.purpose not in DEFERRED:
             return False
+        if self.generation(room_id) != read_at:
+            return True
         now = asyncio.get_running_loop().time()
         since = self._since.setdefault(row.id, now)
         wait = min(

@@ -102,6 +102,10 @@ class Pipeline:
         # Rooms whose later messages wait for an earlier one's room key (a timer is set).
         self._held_rooms: set[str] = set()
         self.poll_ends = PollEnds()
+        # Cleared by BotApp until its first sync: nio knows the bot's rooms only then, and
+        # a send before it would be refused as "not in the room".
+        self.may_send = asyncio.Event()
+        self.may_send.set()
 
     @property
     def settings(self) -> Settings:
@@ -298,7 +302,9 @@ class Pipeline:
     # -- outbox ------------------------------------------------------------------------
 
     async def _deliver_room(self, room_id: str) -> None:
+        await self.may_send.wait()
         while True:
+            read_at = self.poll_ends.generation(room_id)
             async with self.store.transaction() as tx:
                 rows = await tx.unsent(room_id, limit=20)
             if not rows:
@@ -306,7 +312,7 @@ class Pipeline:
             for row in rows:
                 if not self.stopping and self.poll_ends.overtaken(row, rows):
                     continue  # bot/outbox_order.py: the room's newer messages go first
-                if not self.stopping and await self.poll_ends.wait_quiet(room_id, row):
+                if not self.stopping and await self.poll_ends.wait_quiet(room_id, row, read_at):
                     break  # something newer was queued meanwhile: read the queue again
                 if row.batch is not None or (
                     row.purpose in BATCHED and self.settings.team_summary_batch_seconds > 0
