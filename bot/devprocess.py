@@ -135,6 +135,31 @@ class BotProcess:
                 await asyncio.sleep(0.02)
         raise TimeoutError("referral-bot did not become healthy")
 
+    async def status(self) -> str | None:
+        """What /healthz says: "ok" (leading and ready), "standby", "unavailable", or None
+        when it does not answer."""
+        assert self.base, "needs http_port"
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
+                session.get(f"{self.base}/healthz") as resp,
+            ):
+                return str((await resp.json())["status"])
+        return None
+
+    async def wait_status(self, wanted: str, timeout: float = 60.0) -> float:
+        """Seconds until /healthz says `wanted` (polled every 20 ms)."""
+        started = time.monotonic()
+        while (await self.status()) != wanted:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise RuntimeError(
+                    f"the bot exited ({self.proc.returncode}):\n{self.log()[-3000:]}"
+                )
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"/healthz never said {wanted!r}:\n{self.log()[-3000:]}")
+            await asyncio.sleep(0.02)
+        return time.monotonic() - started
+
     async def metrics(self) -> str:
         assert self.base, "needs http_port"
         async with (

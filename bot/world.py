@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import secrets
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,6 +105,25 @@ class World:
         if http_listen is not None:
             text += f'\n[http]\nlisten = "{http_listen}"\n'
         self.config_path.write_text(text, encoding="utf-8")
+
+    def second_machine(self, name: str, http_port: int | None = None) -> Path:
+        """The bot's config as another machine would have it (active/standby): a folder
+        of its own with the same secrets and database, an empty data_dir and (with
+        `http_port`) its own operations port. Returns its config file."""
+        other = self.base / name
+        other.mkdir()
+        shutil.copytree(self.base / "secrets", other / "secrets")
+        text = self.config_path.read_text(encoding="utf-8")
+        if http_port is not None:
+            text = re.sub(
+                r'^listen = "127\.0\.0\.1:\d+"$',
+                f'listen = "127.0.0.1:{http_port}"',
+                text,
+                flags=re.MULTILINE,
+            )
+        path = other / "config.toml"
+        path.write_text(text, encoding="utf-8")
+        return path
 
     async def add_user(self, name: str) -> ChatUser:
         user = await start_user(self.hs, self.base, name)

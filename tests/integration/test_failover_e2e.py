@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 from collections import Counter
-from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bot.chat_user import ChatUser
@@ -31,45 +28,6 @@ pytestmark = [
 SENDERS = 4
 PER_SENDER = 50
 KILL_AFTER_ACKS = 60
-
-
-async def role(bot: BotProcess) -> str | None:
-    """What /healthz says: "ok" (the leader, ready), "standby", or None (no answer)."""
-    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session,
-            session.get(f"{bot.base}/healthz") as resp,
-        ):
-            return str((await resp.json())["status"])
-    return None
-
-
-async def wait_role(bot: BotProcess, wanted: str, timeout: float) -> float:
-    """Seconds until /healthz says `wanted`."""
-    started = time.monotonic()
-    while (await role(bot)) != wanted:
-        assert bot.proc is not None and bot.proc.returncode is None, bot.log()[-3000:]
-        assert time.monotonic() - started < timeout, f"not {wanted}: {bot.log()[-3000:]}"
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
-
-
-def second_machine(world: World, port: int) -> Path:
-    """The same config on 'another machine': its own directory and data_dir (empty),
-    the same secrets and database, its own operations port."""
-    other = world.base / "machine-b"
-    other.mkdir()
-    shutil.copytree(world.base / "secrets", other / "secrets")
-    text = world.config_path.read_text(encoding="utf-8")
-    text = text.replace(f'listen = "127.0.0.1:{world_port(text)}"', f'listen = "127.0.0.1:{port}"')
-    path = other / "config.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def world_port(config_text: str) -> int:
-    line = next(x for x in config_text.splitlines() if x.startswith("listen = "))
-    return int(line.rsplit(":", 1)[1].rstrip('"'))
 
 
 def acks(people: list[tuple[ChatUser, str]], bot: str, sent: set[str]) -> Counter[str]:
@@ -91,14 +49,14 @@ async def bot_devices(user: ChatUser, bot: str) -> set[str]:
 async def test_the_standby_takes_over_from_a_killed_leader_mid_burst(world: World) -> None:
     port_a, port_b = free_port(), free_port()
     world.configure(http_listen=f"127.0.0.1:{port_a}")
-    config_b = second_machine(world, port_b)
+    config_b = world.second_machine("machine-b", port_b)
     leader = BotProcess(world.config_path, world.base / "bot-a.log", http_port=port_a)
     standby = BotProcess(config_b, world.base / "bot-b.log", http_port=port_b)
     async with leader, contextlib.AsyncExitStack() as stack:
         await leader.wait_healthy()
         await standby.start()  # after the leader is up: the first to start leads
         stack.push_async_callback(standby.stop)
-        await wait_role(standby, "standby", 60)
+        await standby.wait_status("standby")
         assert 'referralbot_role{role="standby"} 1.0' in await standby.metrics()
 
         people: list[tuple[ChatUser, str]] = []
@@ -125,7 +83,7 @@ async def test_the_standby_takes_over_from_a_killed_leader_mid_burst(world: Worl
         await leader.kill9()
         killed_at = time.monotonic()
         acked_at_kill = sum(acks(people, world.bot_user, set(sent)).values())
-        takeover_s = await wait_role(standby, "ok", 60)
+        takeover_s = await standby.wait_status("ok")
         first_ack_after: float | None = None
         before = acked_at_kill
         while first_ack_after is None:
