@@ -1,7 +1,8 @@
 """Login and the encrypted E2EE store: one device for the bot's whole life.
 
 The first start logs in with the password and keeps the access token and device ID next
-to the E2EE store; every later start reuses them. The bot never logs out: logging out
+to the E2EE store (files in data_dir, or sealed rows in PostgreSQL: bot/device_files.py);
+every later start reuses them. The bot never logs out: logging out
 deletes the device and with it every key the bot holds.
 """
 
@@ -9,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from nio import (
@@ -23,7 +22,16 @@ from nio import (
 from nio.crypto import OlmDevice, TrustState
 from nio.store import SqliteStore
 
+from bot.device_files import (
+    CREDENTIALS,
+    DeviceFileError,
+    DeviceFiles,
+    secure_dir,
+)
+
 log = logging.getLogger(__name__)
+
+__all__ = ["LoginFailed", "TrustCachingStore", "open_client", "secure_dir"]
 
 
 class TrustCachingStore(SqliteStore):  # type: ignore[misc]
@@ -105,27 +113,19 @@ class Credentials:
     access_token: str
 
 
-def secure_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_credentials(path: Path) -> Credentials | None:
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+def parse_credentials(text: str) -> Credentials:
+    data = json.loads(text)
     return Credentials(data["user_id"], data["device_id"], data["access_token"])
+
+
+async def load_credentials(files: DeviceFiles) -> Credentials | None:
+    try:
+        text = await files.read(CREDENTIALS)
+        return None if text is None else parse_credentials(text)
+    except DeviceFileError as exc:
+        raise LoginFailed(str(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LoginFailed(f"{files.describe(CREDENTIALS)} is damaged: {exc}") from None
 
 
 async def open_client(
@@ -134,18 +134,18 @@ async def open_client(
     user_id: str,
     password: str | None,
     device_name: str,
-    data_dir: Path,
+    files: DeviceFiles,
     store_key: str,
 ) -> AsyncClient:
     """Return a logged-in client whose E2EE store is loaded and whose keys are uploaded.
 
     `password` is only needed on the first start (when no credentials are stored).
+    `files` says where the credentials and the E2EE store are kept (bot/device_files.py).
     """
-    secure_dir(data_dir)
-    store_dir = secure_dir(data_dir / "e2ee")
-    creds_path = data_dir / "credentials.json"
+    store, store_path = files.crypto_store()
+    where = files.describe(CREDENTIALS)
     config = AsyncClientConfig(
-        store=TrustCachingStore,
+        store=store,
         encryption_enabled=True,
         store_sync_tokens=False,  # we save the token ourselves, after handling the batch
         pickle_key=store_key,
@@ -157,13 +157,19 @@ async def open_client(
         max_timeouts=None,
         max_timeout_retry_wait_time=10,
     )
-    client = AsyncClient(homeserver, user_id, store_path=str(store_dir), config=config)
+    client = AsyncClient(homeserver, user_id, store_path=store_path, config=config)
 
-    creds = load_credentials(creds_path)
+    try:
+        creds = await load_credentials(files)
+    except LoginFailed:
+        await client.close()
+        raise
     if creds is not None:
         if creds.user_id != user_id:
+            await client.close()
             raise LoginFailed(
-                f"{creds_path} belongs to {creds.user_id}, not {user_id}; use another data_dir"
+                f"{where} belongs to {creds.user_id}, not {user_id}; use another data_dir "
+                "(or database)"
             )
         client.restore_login(creds.user_id, creds.device_id, creds.access_token)
         who = await client.whoami()
@@ -171,8 +177,8 @@ async def open_client(
             await client.close()
             raise LoginFailed(
                 f"the stored access token was refused ({getattr(who, 'status_code', who)}). "
-                "If the device was deleted on purpose, move the data directory aside to log in "
-                "as a new device."
+                "If the device was deleted on purpose, move the data directory aside (on "
+                "PostgreSQL: use a new database or schema) to log in as a new device."
             )
         log.info("restored session: device=%s", creds.device_id)
     else:
@@ -183,8 +189,8 @@ async def open_client(
         if not isinstance(resp, LoginResponse):
             await client.close()
             raise LoginFailed(f"login refused: {getattr(resp, 'message', resp)}")
-        _write_private(
-            creds_path,
+        await files.write(
+            CREDENTIALS,
             json.dumps(
                 {
                     "user_id": resp.user_id,
@@ -195,8 +201,15 @@ async def open_client(
         )
         log.info("logged in as a new device: device=%s", resp.device_id)
 
-    for f in store_dir.iterdir():
-        os.chmod(f, 0o600)
+    files.after_login()
     if client.should_upload_keys:
         await client.keys_upload()
     return client
+
+
+def close_crypto_store(client: AsyncClient) -> None:
+    """Close the E2EE store's own database connection (PostgreSQL), if it has one."""
+    store = getattr(client, "store", None)
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
