@@ -157,8 +157,7 @@ class DatabaseFiles(DeviceFiles):
             return unseal(self._key, name, content)
         except (InvalidTag, ValueError, UnicodeDecodeError) as exc:
             raise DeviceFileError(
-                f"{self.describe(name)} cannot be decrypted with storage.store_key "
-                "(changed key?)"
+                f"{self.describe(name)} cannot be decrypted with storage.store_key (changed key?)"
             ) from exc
 
     async def write(self, name: str, text: str) -> None:
