@@ -119,6 +119,14 @@ class NioPostgresDatabase(peewee.PostgresqlDatabase):  # type: ignore[misc]
         conn.autocommit = True  # peewee opens its own transactions (`atomic`)
         return conn
 
+    def cursor(self, commit: Any = None, named_cursor: Any = None) -> Any:
+        conn = self._state.conn
+        if conn is not None and conn.closed and not self.in_transaction():
+            # The server ended the session (restart, terminated backend): the call that
+            # found out failed; this one opens a new session (with the same epoch).
+            self._state.reset()
+        return super().cursor(commit, named_cursor)
+
     def conflict_update(self, oc: Any, query: Any) -> Any:
         if (oc._action or "").lower() != "replace":
             return super().conflict_update(oc, query)

@@ -201,6 +201,25 @@ async def test_a_stale_epoch_cannot_write(leader: Store) -> None:
 
 
 @ON_POSTGRES
+async def test_a_session_ended_by_the_server_is_opened_again(leader: Store) -> None:
+    where = leader.where
+    assert isinstance(where, Postgres)
+    store = open_crypto(where, leader.epoch)
+    try:
+        store.save_account(OlmAccount())
+        store.save_sync_token("s1")
+        (pid,) = store.database.execute_sql("SELECT pg_backend_pid()").fetchone()
+        sql(where, "SELECT pg_terminate_backend(?)", pid)
+        with pytest.raises(peewee.DatabaseError):  # the call that finds out fails
+            store.save_sync_token("s2")
+        store.save_sync_token("s3")  # the next one runs on a new session, still fenced
+        assert store.load_sync_token() == "s3"
+        assert sql(where, "SELECT token FROM synctokens") == [("s3",)]
+    finally:
+        store.close()
+
+
+@ON_POSTGRES
 async def test_per_call_latency_against_sqlite(leader: Store, tmp_path: Path) -> None:
     """Not a limit: prints what a store call costs on each (README / the report)."""
     where = leader.where
