@@ -35,7 +35,7 @@ from nio.crypto import (
 
 from bot.crypto_store_pg import PostgresCryptoStore
 from bot.devpostgres import DevPostgres
-from bot.session import TrustCachingStore
+from bot.trust_cache import TrustCachingStore
 from storage.engine import Postgres, Store
 from storage.keyring import Keyring
 

@@ -36,7 +36,7 @@ import psycopg2
 import psycopg2.extensions
 from nio.store.models import DeviceKeys
 
-from bot.session import TrustCachingStore
+from bot.trust_cache import TrustCachingStore
 from storage.engine import Postgres
 
 # The unique key nio's INSERT OR REPLACE relies on, per table (nio/store/models.py).

@@ -96,7 +96,7 @@ class DataDirFiles(DeviceFiles):
         return str(self.data_dir / name)
 
     def crypto_store(self) -> tuple[Callable[..., Any], str]:
-        from bot.session import TrustCachingStore
+        from bot.trust_cache import TrustCachingStore
 
         return TrustCachingStore, str(secure_dir(self.data_dir / E2EE_DIR))
 

@@ -22,7 +22,7 @@ from nio.crypto import (
 )
 
 from bot.crypto_store_pg import PostgresCryptoStore, libpq_dsn
-from bot.session import TrustCachingStore
+from bot.trust_cache import TrustCachingStore
 from storage.engine import Postgres, Store
 from tests.engines import location, sql
 from tests.keys import KEYRING
