@@ -75,6 +75,13 @@ def test_libpq_dsn_moves_server_settings_into_options() -> None:
 async def test_everything_nio_keeps_comes_back_from_another_store(leader: Store) -> None:
     where = leader.where
     assert isinstance(where, Postgres) and leader.epoch is not None
+    tables_sql = (
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = current_schema()"
+    )
+    # nio creates its tables with IF NOT EXISTS: a bot table of the same name would be
+    # taken silently, so there must be none.
+    bots = {str(r[0]) for r in sql(where, tables_sql)}
+    assert "referrals" in bots and not bots & set(NIO_TABLES)
     store = open_crypto(where, leader.epoch)
     assert isinstance(store, TrustCachingStore)
     # nio's tables are beside the bot's, in the same schema, with no name in common.
