@@ -21,6 +21,7 @@ RUN pip install . \
 
 USER referral-bot
 # credentials.json, the E2EE store and referrals.db. Back it up; losing it loses the keys.
+# (With [storage] database = PostgreSQL, all of that is in the database instead.)
 VOLUME ["/data"]
 # integrity.checkpoint_file: the running records' checkpoints, apart from /data.
 VOLUME ["/checkpoints"]

@@ -14,13 +14,14 @@ from nio import AsyncClient, JoinResponse, RoomResolveAliasResponse
 from bot.checkpoint_file import check_appendable
 from bot.checkpoints import Anchor, run_checkpoints
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
+from bot.device_files import CREDENTIALS, device_files_for
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
 from bot.maintenance import database_location
 from bot.messenger import MatrixMessenger
 from bot.pipeline import Pipeline
 from bot.reload import ConfigReloader, log_outcome
-from bot.session import open_client, secure_dir
+from bot.session import close_crypto_store, open_client, secure_dir
 from bot.sync_loop import SyncLoop
 from bot.timers import run_deadline_clock
 from bot.verification import Verifier
@@ -73,8 +74,6 @@ class BotApp:
             keyring = Keyring(cfg.storage.database_key.read())
         except ValueError as exc:
             raise ConfigError([f"storage.database_key: {exc}"]) from None
-        creds_exist = (data_dir / "credentials.json").exists()
-        password = None if creds_exist else cfg.bot.password.read()
         failover = cfg.storage.failover_seconds
         self.store = await Store.open(
             database_location(cfg),
@@ -88,17 +87,21 @@ class BotApp:
             self._session_task = asyncio.create_task(
                 self.store.watch_session(failover), name="session-watch"
             )
+        # Files in data_dir on SQLite; sealed rows and nio's store in PostgreSQL.
+        files = device_files_for(self.store, data_dir, store_key)
+        creds_exist = await files.read(CREDENTIALS) is not None
+        password = None if creds_exist else cfg.bot.password.read()
         self.client = await open_client(
             homeserver=cfg.homeserver.url,
             user_id=cfg.bot.user_id,
             password=password,
             device_name=cfg.bot.device_name,
-            data_dir=data_dir,
+            files=files,
             store_key=store_key,
         )
         self.cross_signing = await ensure_for_client(
             self.client,
-            data_dir=data_dir,
+            files=files,
             store_key=store_key,
             password=password_reader(password, cfg.bot.password),
         )
@@ -260,6 +263,7 @@ class BotApp:
                 log.error("last checkpoint failed: %s: %s", type(exc).__name__, exc)
         if self.client is not None:
             await self.client.close()
+            close_crypto_store(self.client)
         if self.ops is not None:
             await self.ops.stop()
         if self.store is not None:

@@ -8,9 +8,11 @@ consistent snapshot even while the bot writes), every other file of `data_dir`
 and the database's high-water marks (highest inbox, referral and running-record IDs).
 The secrets (`store_key`, `database_key`) are NOT in it: keep them apart from backups.
 
-With PostgreSQL (`storage.database`) the bot's tables are backed up with PostgreSQL's own
-tools (`pg_dump`, or base backups with WAL archiving for point-in-time recovery; see the
-README); this command then copies the rest of `data_dir` and records the tables' marks.
+With PostgreSQL (`storage.database`) the bot's tables, and with them the device's
+credentials, its cross-signing keys and matrix-nio's E2EE store (bot/device_files.py,
+bot/crypto_store_pg.py), are backed up with PostgreSQL's own tools (`pg_dump`, or base
+backups with WAL archiving for point-in-time recovery; see the README); this command then
+records the tables' marks and copies whatever `data_dir` holds (normally nothing).
 """
 
 from __future__ import annotations
@@ -119,17 +121,20 @@ def _sqlite_marks(path: Path) -> dict[str, int]:
 async def backup(config: Config, out_dir: Path) -> Outcome:
     out = Outcome()
     data_dir = config.storage.data_dir
-    if not data_dir.is_dir():
+    where = database_location(config)
+    # On PostgreSQL the device (credentials, cross-signing keys, E2EE store) is in the
+    # database too: data_dir may be empty or missing, and pg_dump covers everything.
+    if not data_dir.is_dir() and not isinstance(where, Postgres):
         raise ConfigError([f"there is no data directory at {data_dir}"])
     if out_dir.exists() and any(out_dir.iterdir()):
         out.code = 2
         out.say(f"{out_dir} is not empty: give a new folder for each backup")
         return out
-    where = database_location(config)
     os.umask(0o077)
     _private_copy_dir(out_dir)
     files: dict[str, dict[str, Any]] = {}
-    for source in await asyncio.to_thread(_files, data_dir):
+    sources = await asyncio.to_thread(_files, data_dir) if data_dir.is_dir() else []
+    for source in sources:
         rel = source.relative_to(data_dir)
         target = out_dir / "data" / rel
         _private_copy_dir(target.parent)
@@ -162,8 +167,9 @@ async def backup(config: Config, out_dir: Path) -> Outcome:
         out.say(f"{marks['referrals']} referral(s); highest inbox row {marks['inbox_seq']}.")
     if engine == "postgresql":
         out.say(
-            "The bot's tables are in PostgreSQL: back them up with pg_dump (or base backups "
-            "and WAL archiving) at the same time; see the README."
+            "The bot's tables, its device's credentials and cross-signing keys and the E2EE "
+            "store are in PostgreSQL: back them up with pg_dump (or base backups and WAL "
+            "archiving) at the same time; see the README."
         )
     out.say("The keys (storage.store_key, storage.database_key) are not in the backup.")
     return out
@@ -202,10 +208,12 @@ async def restore(config: Config, in_dir: Path, *, force: bool) -> Outcome:
             return out
 
     data_dir = config.storage.data_dir
-    _private_copy_dir(data_dir)
     # Keep a bot (or another restore) away while the files are replaced: the lock file a
     # bot holds on SQLite; on PostgreSQL, the bot's session lock (held by opening the store).
-    lock_fd = take_file_lock(data_dir / "referrals.db")
+    lock_fd = None
+    if not isinstance(where, Postgres):
+        _private_copy_dir(data_dir)
+        lock_fd = take_file_lock(data_dir / "referrals.db")
     holder: Store | None = None
     try:
         if isinstance(where, Postgres):
@@ -236,12 +244,16 @@ async def restore(config: Config, in_dir: Path, *, force: bool) -> Outcome:
     finally:
         if holder is not None:
             await holder.close()
-        release_file_lock(lock_fd)
+        if lock_fd is not None:
+            release_file_lock(lock_fd)
 
     when = manifest["created_at"]
     out.say(f"Restored {len(manifest['files'])} file(s) from the backup of {when}.")
     if engine == "postgresql":
-        out.say("Restore the bot's tables in PostgreSQL from the dump of the same time.")
+        out.say(
+            "Restore the bot's tables (with its device and E2EE store) in PostgreSQL from "
+            "the dump of the same time."
+        )
     else:
         keyring = _keyring(config.storage.database_key.read(), "storage.database_key")
         store = await Store.open(where, keyring)

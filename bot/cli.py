@@ -77,7 +77,10 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         try:
             value = source.read()
         except ConfigError as exc:
-            if name == "bot.password" and (config.storage.data_dir / "credentials.json").exists():
+            if name == "bot.password" and (
+                config.storage.database is not None  # the credentials may be in it
+                or (config.storage.data_dir / "credentials.json").exists()
+            ):
                 continue  # only needed before the first login
             problems.extend(f"{name}: {p}" for p in exc.problems)
             continue

@@ -6,7 +6,8 @@ cross-signing, so it is built here from Ed25519 (`cryptography`) and canonical J
 Matrix spec describes them (appendix "Signing JSON", client-server API "Cross-signing").
 
 The identity is made once, on the first start, and kept: the private keys are stored in
-`data_dir/cross_signing.json` (0600), each encrypted with AES-256-GCM under a key derived
+`data_dir/cross_signing.json` (0600; on PostgreSQL a row of `device_files`, sealed once
+more: bot/device_files.py), each encrypted with AES-256-GCM under a key derived
 from `storage.store_key`, the same secret that protects the device's own keys. Every start
 checks that the homeserver still publishes our keys and that our device carries a valid
 self-signing signature, and repairs what is missing. Nothing here may stop the bot: a
@@ -37,6 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nio import AsyncClient
 
+from bot.device_files import CROSS_SIGNING, DeviceFileError, DeviceFiles, write_private
 from schemas.config import ConfigError, SecretSource
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,7 @@ log = logging.getLogger(__name__)
 JsonDict = dict[str, Any]
 
 USAGES = ("master", "self_signing", "user_signing")
-KEY_FILE = "cross_signing.json"
+KEY_FILE = CROSS_SIGNING
 _FILE_VERSION = 1
 
 
@@ -185,7 +187,8 @@ def _aad(user_id: str, usage: str, public: str) -> bytes:
     return f"{user_id}\x00{usage}\x00{public}".encode()
 
 
-def save_keys(path: Path, keys: CrossSigningKeys, user_id: str, store_key: str) -> None:
+def seal_keys(keys: CrossSigningKeys, user_id: str, store_key: str) -> str:
+    """The key file's text: each private key sealed, bound to its account and role."""
     cipher = _file_cipher(store_key)
     sealed: dict[str, dict[str, str]] = {}
     for usage in USAGES:
@@ -194,28 +197,19 @@ def save_keys(path: Path, keys: CrossSigningKeys, user_id: str, store_key: str) 
         nonce = os.urandom(12)
         box = cipher.encrypt(nonce, seed, _aad(user_id, usage, public))
         sealed[usage] = {"public": public, "sealed": unpadded_b64encode(nonce + box)}
-    text = json.dumps({"version": _FILE_VERSION, "user_id": user_id, "keys": sealed}, indent=1)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    return json.dumps({"version": _FILE_VERSION, "user_id": user_id, "keys": sealed}, indent=1)
 
 
-def load_keys(path: Path, user_id: str, store_key: str) -> CrossSigningKeys | None:
-    """The stored keys, None if there is no file; KeyFileError if it cannot be used."""
+def open_keys(text: str, where: str, user_id: str, store_key: str) -> CrossSigningKeys:
+    """The keys sealed in `text` (from `where`, for messages); KeyFileError if unusable."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"{path} cannot be read: {exc}") from exc
+        data = json.loads(text)
+    except ValueError as exc:
+        raise KeyFileError(f"{where} cannot be read: {exc}") from exc
     if not isinstance(data, dict) or data.get("version") != _FILE_VERSION:
-        raise KeyFileError(f"{path} is not a version {_FILE_VERSION} key file")
+        raise KeyFileError(f"{where} is not a version {_FILE_VERSION} key file")
     if data.get("user_id") != user_id:
-        raise KeyFileError(f"{path} holds the keys of another account, not {user_id}")
+        raise KeyFileError(f"{where} holds the keys of another account, not {user_id}")
     cipher = _file_cipher(store_key)
     found: list[Ed25519PrivateKey] = []
     for usage in USAGES:
@@ -226,14 +220,40 @@ def load_keys(path: Path, user_id: str, store_key: str) -> CrossSigningKeys | No
             key = Ed25519PrivateKey.from_private_bytes(seed)
         except InvalidTag as exc:
             raise KeyFileError(
-                f"{path} cannot be decrypted with storage.store_key (changed key?)"
+                f"{where} cannot be decrypted with storage.store_key (changed key?)"
             ) from exc
         except (KeyError, TypeError, ValueError) as exc:
-            raise KeyFileError(f"{path}: the {usage} key entry is damaged") from exc
+            raise KeyFileError(f"{where}: the {usage} key entry is damaged") from exc
         if public_key_b64(key) != entry["public"]:
-            raise KeyFileError(f"{path}: the {usage} key does not match its public key")
+            raise KeyFileError(f"{where}: the {usage} key does not match its public key")
         found.append(key)
     return CrossSigningKeys(*found)
+
+
+def save_keys(path: Path, keys: CrossSigningKeys, user_id: str, store_key: str) -> None:
+    write_private(path, seal_keys(keys, user_id, store_key))
+
+
+def load_keys(path: Path, user_id: str, store_key: str) -> CrossSigningKeys | None:
+    """The stored keys, None if there is no file; KeyFileError if it cannot be used."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path} cannot be read: {exc}") from exc
+    return open_keys(text, str(path), user_id, store_key)
+
+
+async def load_stored_keys(
+    files: DeviceFiles, user_id: str, store_key: str
+) -> CrossSigningKeys | None:
+    """The keys kept with the device (bot/device_files.py), None if there are none."""
+    try:
+        text = await files.read(KEY_FILE)
+    except DeviceFileError as exc:
+        raise KeyFileError(str(exc)) from exc
+    return None if text is None else open_keys(text, files.describe(KEY_FILE), user_id, store_key)
 
 
 # --- the homeserver ----------------------------------------------------------------------
@@ -375,7 +395,7 @@ async def ensure_cross_signing(
     device_id: str,
     access_token: str,
     sign_with_device: Callable[[JsonDict], str],
-    data_dir: Path,
+    files: DeviceFiles,
     store_key: str,
     password: Callable[[], str | None],
 ) -> Outcome:
@@ -386,9 +406,8 @@ async def ensure_cross_signing(
     clients that trust this device trust the identity too. `password` is asked only when
     the homeserver demands user-interactive auth (replacing an existing identity).
     """
-    path = data_dir / KEY_FILE
     try:
-        keys = load_keys(path, user_id, store_key)
+        keys = await load_stored_keys(files, user_id, store_key)
     except KeyFileError as exc:
         log.warning("cross-signing not available: %s; the device stays unsigned", exc)
         return Outcome.UNAVAILABLE
@@ -397,7 +416,7 @@ async def ensure_cross_signing(
         if keys is None:
             keys = CrossSigningKeys.generate()
             # Saved before publishing: keys the server has must never be lost by a crash.
-            save_keys(path, keys, user_id, store_key)
+            await files.write(KEY_FILE, seal_keys(keys, user_id, store_key))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
             return await _reconcile(
                 HomeserverKeys(homeserver, access_token, session),
@@ -483,7 +502,11 @@ def password_reader(first_start: str | None, source: SecretSource) -> Callable[[
 
 
 async def ensure_for_client(
-    client: AsyncClient, *, data_dir: Path, store_key: str, password: Callable[[], str | None]
+    client: AsyncClient,
+    *,
+    files: DeviceFiles,
+    store_key: str,
+    password: Callable[[], str | None],
 ) -> Outcome:
     """`ensure_cross_signing` for a logged-in nio client whose device keys are uploaded."""
     return await ensure_cross_signing(
@@ -492,7 +515,7 @@ async def ensure_for_client(
         device_id=client.device_id,
         access_token=client.access_token,
         sign_with_device=client.olm.sign_json,
-        data_dir=data_dir,
+        files=files,
         store_key=store_key,
         password=password,
     )

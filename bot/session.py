@@ -1,7 +1,8 @@
 """Login and the encrypted E2EE store: one device for the bot's whole life.
 
 The first start logs in with the password and keeps the access token and device ID next
-to the E2EE store; every later start reuses them. The bot never logs out: logging out
+to the E2EE store (files in data_dir, or sealed rows in PostgreSQL: bot/device_files.py);
+every later start reuses them. The bot never logs out: logging out
 deletes the device and with it every key the bot holds.
 """
 
@@ -9,10 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from nio import (
     AsyncClient,
@@ -20,78 +18,11 @@ from nio import (
     LoginResponse,
     WhoamiResponse,
 )
-from nio.crypto import OlmDevice, TrustState
-from nio.store import SqliteStore
+
+from bot.device_files import CREDENTIALS, DeviceFileError, DeviceFiles
+from bot.device_files import secure_dir as secure_dir  # used by bot/app.py
 
 log = logging.getLogger(__name__)
-
-
-class TrustCachingStore(SqliteStore):  # type: ignore[misc]
-    """matrix-nio's SqliteStore with device trust answered from memory.
-
-    nio asks the store whether the sender's device is verified for every event it
-    decrypts, and about every device each time it shares a room key; the SqliteStore
-    answers each question with two SQL queries through peewee (about 5 ms each here, the
-    largest cost in the bot's own process under load). Trust only changes through the
-    methods below, and device rows only through `save_device_keys`, so the answer is kept
-    in memory and forgotten whenever either happens.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._trust: dict[tuple[str, str], TrustState] = {}
-
-    def _state(self, device: OlmDevice) -> TrustState:
-        key = (device.user_id, device.id)
-        state = self._trust.get(key)
-        if state is None:
-            if super().is_device_verified(device):
-                state = TrustState.verified
-            elif super().is_device_blacklisted(device):
-                state = TrustState.blacklisted
-            elif super().is_device_ignored(device):
-                state = TrustState.ignored
-            else:
-                state = TrustState.unset
-            self._trust[key] = state
-        return state
-
-    def is_device_verified(self, device: OlmDevice) -> bool:
-        return bool(self._state(device) == TrustState.verified)
-
-    def is_device_blacklisted(self, device: OlmDevice) -> bool:
-        return bool(self._state(device) == TrustState.blacklisted)
-
-    def is_device_ignored(self, device: OlmDevice) -> bool:
-        return bool(self._state(device) == TrustState.ignored)
-
-    def _changed(self, result: Any) -> Any:
-        self._trust.clear()
-        return result
-
-    def verify_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().verify_device(device)))
-
-    def unverify_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().unverify_device(device)))
-
-    def blacklist_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().blacklist_device(device)))
-
-    def unblacklist_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().unblacklist_device(device)))
-
-    def ignore_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().ignore_device(device)))
-
-    def unignore_device(self, device: OlmDevice) -> bool:
-        return bool(self._changed(super().unignore_device(device)))
-
-    def ignore_devices(self, devices: list[OlmDevice]) -> None:
-        self._changed(super().ignore_devices(devices))
-
-    def save_device_keys(self, device_keys: Any) -> None:
-        self._changed(super().save_device_keys(device_keys))
 
 
 class LoginFailed(Exception):
@@ -105,27 +36,19 @@ class Credentials:
     access_token: str
 
 
-def secure_dir(path: Path) -> Path:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def load_credentials(path: Path) -> Credentials | None:
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text(encoding="utf-8"))
+def parse_credentials(text: str) -> Credentials:
+    data = json.loads(text)
     return Credentials(data["user_id"], data["device_id"], data["access_token"])
+
+
+async def load_credentials(files: DeviceFiles) -> Credentials | None:
+    try:
+        text = await files.read(CREDENTIALS)
+        return None if text is None else parse_credentials(text)
+    except DeviceFileError as exc:
+        raise LoginFailed(str(exc)) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise LoginFailed(f"{files.describe(CREDENTIALS)} is damaged: {exc}") from None
 
 
 async def open_client(
@@ -134,18 +57,18 @@ async def open_client(
     user_id: str,
     password: str | None,
     device_name: str,
-    data_dir: Path,
+    files: DeviceFiles,
     store_key: str,
 ) -> AsyncClient:
     """Return a logged-in client whose E2EE store is loaded and whose keys are uploaded.
 
     `password` is only needed on the first start (when no credentials are stored).
+    `files` says where the credentials and the E2EE store are kept (bot/device_files.py).
     """
-    secure_dir(data_dir)
-    store_dir = secure_dir(data_dir / "e2ee")
-    creds_path = data_dir / "credentials.json"
+    store, store_path = files.crypto_store()
+    where = files.describe(CREDENTIALS)
     config = AsyncClientConfig(
-        store=TrustCachingStore,
+        store=store,
         encryption_enabled=True,
         store_sync_tokens=False,  # we save the token ourselves, after handling the batch
         pickle_key=store_key,
@@ -157,13 +80,19 @@ async def open_client(
         max_timeouts=None,
         max_timeout_retry_wait_time=10,
     )
-    client = AsyncClient(homeserver, user_id, store_path=str(store_dir), config=config)
+    client = AsyncClient(homeserver, user_id, store_path=store_path, config=config)
 
-    creds = load_credentials(creds_path)
+    try:
+        creds = await load_credentials(files)
+    except LoginFailed:
+        await client.close()
+        raise
     if creds is not None:
         if creds.user_id != user_id:
+            await client.close()
             raise LoginFailed(
-                f"{creds_path} belongs to {creds.user_id}, not {user_id}; use another data_dir"
+                f"{where} belongs to {creds.user_id}, not {user_id}; use another data_dir "
+                "(or database)"
             )
         client.restore_login(creds.user_id, creds.device_id, creds.access_token)
         who = await client.whoami()
@@ -171,8 +100,8 @@ async def open_client(
             await client.close()
             raise LoginFailed(
                 f"the stored access token was refused ({getattr(who, 'status_code', who)}). "
-                "If the device was deleted on purpose, move the data directory aside to log in "
-                "as a new device."
+                "If the device was deleted on purpose, move the data directory aside (on "
+                "PostgreSQL: use a new database or schema) to log in as a new device."
             )
         log.info("restored session: device=%s", creds.device_id)
     else:
@@ -183,8 +112,8 @@ async def open_client(
         if not isinstance(resp, LoginResponse):
             await client.close()
             raise LoginFailed(f"login refused: {getattr(resp, 'message', resp)}")
-        _write_private(
-            creds_path,
+        await files.write(
+            CREDENTIALS,
             json.dumps(
                 {
                     "user_id": resp.user_id,
@@ -195,8 +124,15 @@ async def open_client(
         )
         log.info("logged in as a new device: device=%s", resp.device_id)
 
-    for f in store_dir.iterdir():
-        os.chmod(f, 0o600)
+    files.after_login()
     if client.should_upload_keys:
         await client.keys_upload()
     return client
+
+
+def close_crypto_store(client: AsyncClient) -> None:
+    """Close the E2EE store's own database connection (PostgreSQL), if it has one."""
+    store = getattr(client, "store", None)
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()

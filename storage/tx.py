@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from storage.attachments import AttachmentStore
 from storage.checkpoints import CheckpointStore
+from storage.device_files import DeviceFileStore
 from storage.inbox import InboxStore
 from storage.integrity import IntegrityStore
 from storage.kv import KvStore
@@ -33,5 +34,6 @@ class Tx(
     CheckpointStore,
     AttachmentStore,
     ReportStore,
+    DeviceFileStore,
 ):
     """Statements inside one open transaction. Obtain it from `Store.transaction()`."""

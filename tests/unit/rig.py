@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from bot.world import CONFIG_TEMPLATE
 from storage.engine import Store
@@ -61,7 +62,7 @@ def write_config(base: Path, *, key: str = TEST_KEY, extra: str = "") -> Path:
 
 
 @asynccontextmanager
-async def opened(db_path: Path, keyring: Keyring = KEYRING, **kw: bool) -> AsyncIterator[Store]:
+async def opened(db_path: Path, keyring: Keyring = KEYRING, **kw: Any) -> AsyncIterator[Store]:
     """A store that is closed even when the test fails (an open aiosqlite connection keeps
     a thread alive and would hang the test run)."""
     store = await Store.open(location(db_path), keyring, **kw)

@@ -10,13 +10,18 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from nio.crypto import OlmAccount
 
+from bot.crypto_store_pg import PostgresCryptoStore
+from bot.device_files import CREDENTIALS, device_files_for
 from bot.devpostgres import DevPostgres
+from storage.engine import Postgres
 from tests import engines
 from tests.forms import referral
 from tests.unit.rig import cli, rig_at, sql, write_config
 
 NIO_STORE = "e2ee/@bot:example.org_BOTDEVICE.db"
+STORE_KEY = "backup-test-store-key-" + "k" * 20
 
 
 def fake_nio_state(data_dir: Path) -> None:
@@ -128,30 +133,55 @@ async def test_the_restore_drill_on_postgresql(
         config = write_config(tmp_path)
         db_path = tmp_path / "data" / "referrals.db"
         schema = engines.schema_for(db_path)
+        data_dir = tmp_path / "data"
         async with rig_at(db_path) as rig:
             await rig.send(referral(Child_name="Before One"))
             await rig.send(referral(Child_name="Before Two"))
-            fake_nio_state(tmp_path / "data")
+            # The device lives in the database: its files and nio's E2EE store.
+            files = device_files_for(rig.store, data_dir, STORE_KEY)
+            await files.write(CREDENTIALS, '{"device_id": "BOTDEVICE"}')
+            assert isinstance(rig.store.where, Postgres)
+            nio = PostgresCryptoStore(
+                "@bot:example.org", "BOTDEVICE", "-", STORE_KEY,
+                postgres=rig.store.where, epoch=rig.store.epoch,
+            )  # fmt: skip
+            account = OlmAccount()
+            nio.save_account(account)
+            nio.close()
             dump = postgres_server.socket_dir / f"{schema}.dump"
             postgres_server.tool("pg_dump", "-d", engines.DATABASE, "-n", schema, "-Fc", "-f", dump)
             assert await cli("backup", "-c", config, "-o", tmp_path / "b") == 0
             before = refs(db_path)
             await rig.send(referral(Child_name="After Backup"))
         assert json.loads((tmp_path / "b" / "manifest.json").read_text())["engine"] == "postgresql"
-        assert "pg_dump" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "pg_dump" in out and "Backed up 0 file(s)" in out
+        assert not data_dir.exists() or not any(data_dir.iterdir())
 
         # Newer records in the database: refused.
         assert await cli("restore", "-c", config, "-i", tmp_path / "b") == 1
         # The database and the data directory are lost; both come back.
         postgres_server.sql(f"DROP SCHEMA {schema} CASCADE", engines.DATABASE)
-        shutil.rmtree(tmp_path / "data")
+        shutil.rmtree(data_dir, ignore_errors=True)
         postgres_server.tool("pg_restore", "-d", engines.DATABASE, dump)
         assert await cli("restore", "-c", config, "-i", tmp_path / "b") == 0
         assert refs(db_path) == before
-        assert (tmp_path / "data" / "credentials.json").exists()
+        assert not data_dir.exists() or not any(data_dir.iterdir())
         assert await cli("verify", "-c", config) == 0
         async with rig_at(db_path) as rig:
             await rig.send(referral(Child_name="After Restore"))
+            # The device came back with the tables, and its new leader can write to it.
+            files = device_files_for(rig.store, data_dir, STORE_KEY)
+            assert await files.read(CREDENTIALS) == '{"device_id": "BOTDEVICE"}'
+            assert isinstance(rig.store.where, Postgres)
+            nio = PostgresCryptoStore(
+                "@bot:example.org", "BOTDEVICE", "-", STORE_KEY,
+                postgres=rig.store.where, epoch=rig.store.epoch,
+            )  # fmt: skip
+            restored = nio.load_account()
+            assert restored is not None and restored.identity_keys == account.identity_keys
+            nio.save_sync_token("s_after_restore")
+            nio.close()
         assert len(refs(db_path)) == 3
     finally:
         engines.CURRENT = None

@@ -78,8 +78,12 @@ async def test_decisions_stored_as_text_upgrade_to_keys_and_read_back_the_same(
         sql(db, "UPDATE referrals SET outcome = ? WHERE ref = ?", outcome.value, ref)
     if on_postgres():
         sql(db, "DELETE FROM schema_version WHERE version > ?", BEFORE_KEYS)
+        sql(db, "DROP FUNCTION referralbot_fence()")
     else:
         sql(db, f"PRAGMA user_version = {BEFORE_KEYS:d}")
+    # And what the steps after 13 made (step 14), so that they can run again.
+    sql(db, "DROP TABLE device_files")
+    sql(db, "DROP TABLE leader")
     record = sql(db, "SELECT * FROM record_entries ORDER BY id")
     assert {str(text) for (text,) in sql(db, "SELECT outcome FROM referrals")} == {
         o.value for o in Outcome

@@ -7,7 +7,7 @@ from pathlib import Path
 from nio.crypto import OlmAccount, OlmDevice
 from nio.store import SqliteStore
 
-from bot.session import TrustCachingStore
+from bot.trust_cache import TrustCachingStore
 
 
 def test_trust_answers_follow_every_change_and_match_the_database(tmp_path: Path) -> None:
