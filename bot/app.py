@@ -251,6 +251,8 @@ class BotApp:
                 await asyncio.wait_for(self.pipeline.wait_idle(), drain_timeout)
             except TimeoutError:
                 log.warning("shutdown: work left in the outbox is sent on the next start")
+            except Exception as exc:  # the database went away meanwhile: close the rest
+                log.error("shutdown: draining failed (%s)", type(exc).__name__)
             await self.pipeline.stop()
         if self.anchor is not None and not lost:
             # The entries of the last seconds are anchored too (not posted to the audit
@@ -261,13 +263,15 @@ class BotApp:
                 await self.anchor.checkpoint()
             except Exception as exc:
                 log.error("last checkpoint failed: %s: %s", type(exc).__name__, exc)
-        if self.client is not None:
-            await self.client.close()
-            close_crypto_store(self.client)
-        if self.ops is not None:
-            await self.ops.stop()
-        if self.store is not None:
-            await self.store.close()
+        try:
+            if self.client is not None:
+                await self.client.close()
+                close_crypto_store(self.client)
+            if self.ops is not None:
+                await self.ops.stop()
+        finally:
+            if self.store is not None:
+                await self.store.close()  # always: an open connection keeps a thread
         log.info("stopped")
 
     def reload_from_signal(self) -> None:

@@ -1,7 +1,9 @@
 """Active/standby on PostgreSQL with a real Synapse and real E2EE (issue 13, part 3): two
-`referral-bot run` processes on one database, the leader killed with SIGKILL in the middle
-of a burst of 200 referrals from 4 practitioners. The standby takes over: every referral
-is acknowledged exactly once, by the same device, with REF numbers without gaps."""
+`referral-bot run` processes on one database, each with its own data_dir as on two
+machines. The leader killed with SIGKILL in the middle of a burst of 200 referrals from 4
+practitioners: the standby takes over, every referral is acknowledged exactly once, by
+the same device, with REF numbers without gaps. The leader's database session ended by
+the server (`pg_terminate_backend`): it stops before the standby sends anything."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
+from datetime import datetime
 
 import pytest
 
@@ -17,7 +20,7 @@ from bot.devprocess import BotProcess, poll_until
 from bot.devserver import free_port
 from bot.world import World
 from tests.forms import referral
-from tests.integration.live import db_rows
+from tests.integration.live import db_rows, open_dm
 
 pytestmark = [
     pytest.mark.integration,
@@ -114,4 +117,73 @@ async def test_the_standby_takes_over_from_a_killed_leader_mid_burst(world: Worl
         seqs = sorted(int(str(r[2])) for r in rows if r[1] == year)
         assert seqs == list(range(1, len(seqs) + 1)), "REF numbers without gaps or repeats"
     assert db_rows(world, "SELECT COUNT(*) FROM outbox WHERE sent_at IS NULL") == [(0,)]
+    assert db_rows(world, "SELECT epoch FROM leader") == [(2,)]
+
+
+def _log_times(log: str, text: str) -> list[datetime]:
+    """When each log line containing `text` was written (the text log format)."""
+    return [
+        datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f")
+        for line in log.splitlines()
+        if text in line and line[:4].isdigit()
+    ]
+
+
+async def test_a_leader_whose_session_is_terminated_stops_before_the_standby_sends(
+    world: World,
+) -> None:
+    port_a, port_b = free_port(), free_port()
+    world.configure(http_listen=f"127.0.0.1:{port_a}")
+    config_b = world.second_machine("machine-b", port_b)
+    leader = BotProcess(world.config_path, world.base / "bot-a.log", http_port=port_a)
+    standby = BotProcess(config_b, world.base / "bot-b.log", http_port=port_b)
+    async with leader, contextlib.AsyncExitStack() as stack:
+        await leader.wait_healthy()
+        await standby.start()
+        stack.push_async_callback(standby.stop)
+        await standby.wait_status("standby")
+        user, room = await open_dm(world, f"term-{world.bot_user[1:5]}")
+        sent: list[str] = []
+
+        async def trickle() -> None:
+            for n in range(30):
+                sent.append(await user.send(room, referral(Child_name=f"Terminated Child {n}")))
+                await asyncio.sleep(0.1)
+
+        sender = asyncio.create_task(trickle())
+        await poll_until(
+            lambda: sum(acks([(user, room)], world.bot_user, set(sent)).values()) >= 5,
+            60,
+            "5 acknowledgements",
+        )
+        # What a DBA (or a network cut noticed by the server) does to the leader's session:
+        # the one holding the leader's advisory lock (storage/engine.py, key 101).
+        terminated = db_rows(
+            world,
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+            " AND classid = 101 AND granted AND objid::text::bigint ="
+            " (hashtext(current_schema())::bigint + 4294967296) % 4294967296",
+        )
+        assert terminated == [(True,)]
+        assert leader.proc is not None
+        assert await asyncio.wait_for(leader.proc.wait(), 30) == 1, "it stops, exit status 1"
+        await standby.wait_status("ok")
+        await sender
+        ids = set(sent)
+        await poll_until(
+            lambda: len(acks([(user, room)], world.bot_user, ids)) == len(ids),
+            60,
+            "every referral acknowledged",
+        )
+        await asyncio.sleep(1.5)  # let any duplicate arrive before counting
+
+    counted = acks([(user, room)], world.bot_user, ids)
+    assert all(counted[e] == 1 for e in ids), counted
+    ended = _log_times(leader.log(), "the database session ended")
+    last_sent_by_old = max(_log_times(leader.log(), "bot.pipeline: sent:"))
+    first_sent_by_new = min(_log_times(standby.log(), "bot.pipeline: sent:"))
+    assert ended and ended[0] <= first_sent_by_new
+    assert last_sent_by_old < first_sent_by_new, (
+        "the old leader sent nothing once the new one began"
+    )
     assert db_rows(world, "SELECT epoch FROM leader") == [(2,)]
