@@ -22,30 +22,32 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import random
 import secrets
-import shutil
-import signal
-import sys
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from bench.common import (
+    EchoProcess,
+    begin_run,
+    cpu_seconds,
+    open_dms,
+    percentile,
+    round1,
+    wind_down,
+)
 from bench.seed_db import fake_referral, seed
 from bot.chat_user import ChatUser
 from bot.devpostgres import DevPostgres
-from bot.devprocess import BotProcess, free_port, proc_status_kb
+from bot.devprocess import BotProcess, free_port
 from bot.devserver import DevSynapse
 from bot.world import World, make_world
 from storage.keyring import Keyring
 
-ROOT = Path(__file__).resolve().parents[1]
 # A rate is "sustained" when every message is answered exactly once within DRAIN_S of the
 # last send and the p99 latency stays under this: past it, a queue is building up.
 SUSTAINED_P99_S = 2.0
@@ -53,67 +55,6 @@ DRAIN_S = 15.0
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time a process has used so far (0 if it is gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class EchoProcess:
-    def __init__(self, hs: DevSynapse, base: Path, name: str) -> None:
-        self.hs = hs
-        self.base = base
-        self.name = name
-        self.user_id = ""
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        password = secrets.token_urlsafe(16)
-        self.user_id = await self.hs.register(self.name, password)
-        pw_file = self.base / "echo-password"
-        fd = os.open(pw_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(password)
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bench.echo_bot",
-            "--homeserver",
-            self.hs.url,
-            "--user",
-            self.user_id,
-            "--password-file",
-            str(pw_file),
-            "--store",
-            str(self.base / "echo-store"),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=ROOT,
-        )
-        assert self.proc.stdout is not None
-        line = await asyncio.wait_for(self.proc.stdout.readline(), 60)
-        if line.strip() != b"READY":
-            raise RuntimeError(f"echo bot did not start: {line!r}")
-
-    def peak_rss_mb(self) -> float | None:
-        kb = None if self.proc is None else proc_status_kb(self.proc.pid, "VmHWM")
-        return None if kb is None else kb / 1024
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -147,13 +88,6 @@ class PhaseResult:
     samples: list[tuple[str, float, float]] = field(default_factory=list)
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
-
-
 @dataclass
 class _Raw:
     """What one stretch of sending to one bot produced."""
@@ -177,7 +111,7 @@ async def _drive(
     rng: random.Random,
     pids: dict[str, int | None],
 ) -> _Raw:
-    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     total = max(1, round(rate * duration))
     sent: list[tuple[str, float]] = []
     wall: dict[str, float] = {}
@@ -224,7 +158,7 @@ async def _drive(
         await asyncio.sleep(0.1)
     await asyncio.sleep(1.0)  # room for a duplicate to show up
     counts = replies()
-    cpu = {name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
+    cpu = {name: cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items()}
 
     first_reply: dict[str, float] = {}
     for user in users:
@@ -256,7 +190,7 @@ def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> P
     duplicates = sum(r.duplicates for r in raws)
     span = sum(r.send_span for r in raws)
     achieved = planned / span if span > 0 else float(planned)
-    p99 = _pct(latencies, 99)
+    p99 = percentile(latencies, 99)
     cpu: dict[str, float] = {}
     for raw in raws:
         for name, seconds in raw.cpu_s.items():
@@ -269,10 +203,10 @@ def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> P
         achieved_rate=round(achieved, 2),
         answered=answered,
         duplicates=duplicates,
-        p50_ms=_round(_pct(latencies, 50)),
-        p95_ms=_round(_pct(latencies, 95)),
-        p99_ms=_round(p99),
-        max_ms=_round(max(latencies) if latencies else None),
+        p50_ms=round1(percentile(latencies, 50)),
+        p95_ms=round1(percentile(latencies, 95)),
+        p99_ms=round1(p99),
+        max_ms=round1(max(latencies) if latencies else None),
         sustained=(
             sum(r.failures for r in raws) == 0
             and answered == planned
@@ -284,32 +218,6 @@ def _result(target: Target, rate: float, duration: float, raws: list[_Raw]) -> P
         cpu_s=cpu,
         samples=[s for raw in raws for s in raw.samples],
     )
-
-
-async def wind_down(
-    base: Path,
-    keep: bool,
-    *,
-    bot: BotProcess | None,
-    world: World | None,
-    hs: DevSynapse | None,
-    echo: EchoProcess | None = None,
-) -> None:
-    """How every benchmark ends, whatever happened: stop the bot and the echo bot, close
-    the clients, stop the homeserver if the run started it (`hs`), and remove the run's
-    files unless asked to keep them."""
-    if bot is not None:
-        await bot.stop()
-    if echo is not None:
-        await echo.stop()
-    if world is not None:
-        await world.close()
-    if hs is not None:
-        await hs.stop()
-    if keep:
-        print(f"files kept in {base}", file=sys.stderr)
-    else:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 async def run_phase(
@@ -347,10 +255,6 @@ async def run_interleaved(
     return [_result(t, rate, duration, raws[t.name]) for t in targets]
 
 
-def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
-
-
 # -- the run -------------------------------------------------------------------------------
 
 
@@ -371,51 +275,6 @@ class Options:
     postgres: bool = False  # the bot's tables on a throwaway PostgreSQL (fsync on)
 
 
-def machine() -> dict[str, Any]:
-    mem_kb = _proc_status_meminfo()
-    return {
-        "nproc": os.cpu_count(),
-        "ram_gb": round(mem_kb / 1024 / 1024, 1) if mem_kb else None,
-        "cpu": _cpu_model(),
-        "python": platform.python_version(),
-        "synapse": version("matrix-synapse"),
-        "matrix_nio": version("matrix-nio"),
-        "vodozemac": version("vodozemac"),
-        "kernel": platform.release(),
-        "load_avg_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
-
-
-def _proc_status_meminfo() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-async def _open_dms(users: list[ChatUser], target_user: str) -> list[str]:
-    rooms = []
-    for user in users:
-        room = await user.create_room(invite=[target_user], encrypted=True)
-        rooms.append(room)
-    for user, room in zip(users, rooms, strict=True):
-        await user.wait_joined(room, target_user, timeout=60)
-    return rooms
-
-
 async def _warm_up(users: list[ChatUser], target: Target) -> None:
     """One message per DM first: the first message of a room sets up its session."""
     ids = [await u.send(r, "!help") for u, r in zip(users, target.rooms, strict=True)]
@@ -424,17 +283,8 @@ async def _warm_up(users: list[ChatUser], target: Target) -> None:
 
 
 async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="referral-bot-bench-"))
-    own_hs = hs is None
-    if hs is None:
-        hs = DevSynapse(base / "synapse")
-        await hs.start()
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": "python -m bench.ack_latency " + " ".join(sys.argv[1:]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "phases": [],
-    }
+    base, hs, own_hs, results = await begin_run("ack_latency", opts, hs)
+    results["phases"] = []
     bot: BotProcess | None = None
     pg: DevPostgres | None = None
     tag = secrets.token_hex(3)
@@ -472,8 +322,8 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
                 *(world.add_user(f"practitioner{i:02d}-{tag}") for i in range(opts.practitioners))
             )
         )
-        referral = Target("referral-bot", world.bot_user, await _open_dms(users, world.bot_user))
-        baseline = Target("echo", echo.user_id, await _open_dms(users, echo.user_id))
+        referral = Target("referral-bot", world.bot_user, await open_dms(users, world.bot_user))
+        baseline = Target("echo", echo.user_id, await open_dms(users, echo.user_id))
         await _warm_up(users, referral)
         await _warm_up(users, baseline)
 
@@ -559,8 +409,8 @@ async def run_benchmark(opts: Options, hs: DevSynapse | None = None) -> dict[str
             )
         ]
         results["peak_rss_mb"] = {
-            "referral-bot": _round(bot.peak_rss_mb()),
-            "echo": _round(echo.peak_rss_mb()),
+            "referral-bot": round1(bot.peak_rss_mb()),
+            "echo": round1(echo.peak_rss_mb()),
         }
         results["bot_exit_code"] = await bot.stop()
         bot = None

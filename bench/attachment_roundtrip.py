@@ -24,23 +24,21 @@ import os
 import random
 import re
 import secrets
-import sys
-import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from nio.crypto.attachments import encrypt_attachment
 
-from bench.ack_latency import _cpu_seconds, _round, machine, wind_down
+from bench.common import begin_run, bench_world, cpu_seconds, round1, wind_down, write_results
 from bench.seed_db import fake_referral
 from bot.chat_user import Received
-from bot.devprocess import BotProcess, free_port
+from bot.devprocess import BotProcess
 from bot.devserver import DevSynapse
-from bot.world import World, make_world
+from bot.world import World
 
 REF_RE = re.compile(r"REF-\d{4}-\d{6}")
 TIMEOUT_S = 300.0
@@ -70,31 +68,14 @@ def _file_sent(ask: str, name: str) -> Callable[[Received], bool]:
 
 
 async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="referral-bot-attach-"))
-    own_hs = hs is None
-    if hs is None:
-        hs = DevSynapse(base / "synapse")
-        await hs.start()
+    base, hs, own_hs, results = await begin_run("attachment_roundtrip", opts, hs)
     size = int(opts.mb * 1_000_000)
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": "python -m bench.attachment_roundtrip " + " ".join(sys.argv[1:]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "bytes": size,
-    }
+    results["bytes"] = size
     tag = secrets.token_hex(3)
     world: World | None = None
     bot: BotProcess | None = None
     try:
-        world = await make_world(
-            hs,
-            base / "world",
-            bot_name=f"referral-bot-{tag}",
-            worker_name=f"advice-worker-{tag}",
-            log_level="WARNING",
-        )
-        port = free_port()
-        world.configure(http_listen=f"127.0.0.1:{port}")
+        world, port = await bench_world(hs, base, tag)
         with world.config_path.open("a", encoding="utf-8") as fh:
             limit = max(size + 1024, 20 * 1024 * 1024)
             fh.write(f"\n[attachments]\nmax_bytes = {limit}\nmax_per_referral = 200\n")
@@ -107,9 +88,9 @@ async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) ->
         # A warm-up referral: the bot's first referral costs more than the rest.
         warm = await nurse.send(dm, fake_referral(0, random.Random(0), datetime.now(UTC)))
         await nurse.wait_reply(warm, timeout=60)
-        results["peak_rss_mb_before_files"] = _round(bot.peak_rss_mb())
+        results["peak_rss_mb_before_files"] = round1(bot.peak_rss_mb())
         bot_pid = bot.proc.pid if bot.proc else None
-        cpu_before = {"synapse": _cpu_seconds(hs.pid), "referral-bot": _cpu_seconds(bot_pid)}
+        cpu_before = {"synapse": cpu_seconds(hs.pid), "referral-bot": cpu_seconds(bot_pid)}
         rounds: list[dict[str, Any]] = []
         for n in range(opts.rounds):
             # A referral per round, so that `!attachments` sends this round's file alone.
@@ -142,7 +123,7 @@ async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) ->
             await nurse.wait_for(_added(name), timeout=TIMEOUT_S)
             t3 = time.monotonic()
             if n == 0:
-                results["peak_rss_mb_after_first_in"] = _round(bot.peak_rss_mb())
+                results["peak_rss_mb_after_first_in"] = round1(bot.peak_rss_mb())
             ask = await world.worker.send(world.team_room, f"!attachments {ref}")
             t4 = time.monotonic()
             got = await world.worker.wait_for(_file_sent(ask, name), timeout=TIMEOUT_S)
@@ -164,10 +145,10 @@ async def run_roundtrip(opts: RoundTripOptions, hs: DevSynapse | None = None) ->
             print(json.dumps(row), flush=True)
         results["rounds"] = rounds
         results["cpu_s"] = {
-            "synapse": round(_cpu_seconds(hs.pid) - cpu_before["synapse"], 1),
-            "referral-bot": round(_cpu_seconds(bot_pid) - cpu_before["referral-bot"], 1),
+            "synapse": round(cpu_seconds(hs.pid) - cpu_before["synapse"], 1),
+            "referral-bot": round(cpu_seconds(bot_pid) - cpu_before["referral-bot"], 1),
         }
-        results["peak_rss_mb"] = _round(bot.peak_rss_mb())
+        results["peak_rss_mb"] = round1(bot.peak_rss_mb())
         results["summary"] = {
             "mb": opts.mb,
             "rounds": len(rounds),
@@ -200,10 +181,7 @@ def main() -> None:
     args = parser.parse_args()
     opts = RoundTripOptions(mb=args.mb, rounds=args.rounds, out=args.out, keep=args.keep)
     results = asyncio.run(run_roundtrip(opts))
-    text = json.dumps(results, indent=2)
-    if opts.out:
-        opts.out.write_text(text + "\n")
-    print(json.dumps(results["summary"], indent=2))
+    write_results(results, opts.out, show="summary")
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ import os
 import random
 import re
 import secrets
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ack_latency import _cpu_seconds, _pct, _round, machine, wind_down
+from bench.common import begin_run, cpu_seconds, percentile, round1, wind_down, write_results
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
 from bot.devprocess import BotProcess, free_port
@@ -139,16 +137,7 @@ async def claim_round(workers: list[ChatUser], rooms: list[str], ref: str, bot_u
 
 
 async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="referral-bot-claims-"))
-    own_hs = hs is None
-    if hs is None:
-        hs = DevSynapse(base / "synapse")
-        await hs.start()
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": "python -m bench.claim_contention " + " ".join(sys.argv[1:]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-    }
+    base, hs, own_hs, results = await begin_run("claim_contention", opts, hs)
     tag = secrets.token_hex(3)
     world: World | None = None
     bot: BotProcess | None = None
@@ -184,7 +173,7 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
         (referrer_room,) = await _dm_each([practitioner], world.bot_user)
 
         bot_pid = bot.proc.pid if bot.proc else None
-        cpu_before = {"synapse": _cpu_seconds(hs.pid), "referral-bot": _cpu_seconds(bot_pid)}
+        cpu_before = {"synapse": cpu_seconds(hs.pid), "referral-bot": cpu_seconds(bot_pid)}
         rounds: list[Round] = []
         for _ in range(opts.rounds):
             form = await practitioner.send(
@@ -199,7 +188,7 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
                     {
                         "ref": ref,
                         "ok": result.ok,
-                        "p50_ms": _pct(result.latencies_ms, 50),
+                        "p50_ms": percentile(result.latencies_ms, 50),
                         "max_ms": max(result.latencies_ms),
                         "send_spread_ms": result.send_spread_ms,
                     }
@@ -209,8 +198,8 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
         latencies = [v for r in rounds for v in r.latencies_ms]
         results["rounds"] = [{**asdict(r), "ok": r.ok} for r in rounds]
         results["cpu_s"] = {
-            "synapse": round(_cpu_seconds(hs.pid) - cpu_before["synapse"], 1),
-            "referral-bot": round(_cpu_seconds(bot_pid) - cpu_before["referral-bot"], 1),
+            "synapse": round(cpu_seconds(hs.pid) - cpu_before["synapse"], 1),
+            "referral-bot": round(cpu_seconds(bot_pid) - cpu_before["referral-bot"], 1),
         }
         results["summary"] = {
             "workers": opts.workers,
@@ -218,13 +207,13 @@ async def run_claims(opts: ClaimOptions, hs: DevSynapse | None = None) -> dict[s
             "answers": len(latencies),
             "all_rounds_ok": all(r.ok for r in rounds),
             "rounds_with_exactly_one_winner": sum(1 for r in rounds if len(r.winners) == 1),
-            "p50_ms": _round(_pct(latencies, 50)),
-            "p95_ms": _round(_pct(latencies, 95)),
-            "p99_ms": _round(_pct(latencies, 99)),
-            "max_ms": _round(max(latencies) if latencies else None),
+            "p50_ms": round1(percentile(latencies, 50)),
+            "p95_ms": round1(percentile(latencies, 95)),
+            "p99_ms": round1(percentile(latencies, 99)),
+            "max_ms": round1(max(latencies) if latencies else None),
             "send_spread_ms_max": max((r.send_spread_ms for r in rounds), default=None),
         }
-        results["peak_rss_mb"] = _round(bot.peak_rss_mb())
+        results["peak_rss_mb"] = round1(bot.peak_rss_mb())
         results["bot_exit_code"] = await bot.stop()
         bot = None
         results["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -242,10 +231,7 @@ def main() -> None:
     args = parser.parse_args()
     opts = ClaimOptions(workers=args.workers, rounds=args.rounds, out=args.out, keep=args.keep)
     results = asyncio.run(run_claims(opts))
-    text = json.dumps(results, indent=2)
-    if opts.out:
-        opts.out.write_text(text + "\n")
-    print(json.dumps(results["summary"], indent=2))
+    write_results(results, opts.out, show="summary")
 
 
 if __name__ == "__main__":

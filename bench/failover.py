@@ -16,23 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import secrets
 import statistics
-import tempfile
 import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from bench.ack_latency import _open_dms, machine, wind_down
+from bench.common import begin_run, open_dms, wind_down, write_results
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
 from bot.devpostgres import DevPostgres
 from bot.devprocess import BotProcess, free_port
-from bot.devserver import DevSynapse
 from bot.world import World, make_world
 
 
@@ -79,21 +75,13 @@ async def _first_ack_after(
 
 
 async def run(kills: int, every: float, rate: float, practitioners: int, out: Path | None) -> None:
-    base = Path(tempfile.mkdtemp(prefix="failover-bench-"))
-    hs = DevSynapse(base / "synapse")
     pg = DevPostgres.find(durable=True)
     if pg is None:
         raise SystemExit("no PostgreSQL server binaries found (initdb, pg_ctl, postgres)")
-    await hs.start()
+    base, hs, _, results = await begin_run("failover")
     await asyncio.to_thread(pg.start)
     world: World | None = None
     bots: list[BotProcess] = []
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": f"python -m bench.failover --kills {kills} --every {every} --rate {rate}"
-        f" --practitioners {practitioners}",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
     try:
         tag = secrets.token_hex(3)
         world = await make_world(hs, base / "world", bot_name=f"ha-bot-{tag}", log_level="INFO")
@@ -118,7 +106,7 @@ async def run(kills: int, every: float, rate: float, practitioners: int, out: Pa
                 *(world.add_user(f"ha{i:02d}-{tag}") for i in range(practitioners))
             )
         )
-        rooms = await _open_dms(users, world.bot_user)
+        rooms = await open_dms(users, world.bot_user)
         sent: dict[str, float] = {}
         stop = asyncio.Event()
         sender = asyncio.create_task(_send_steadily(users, rooms, rate, stop, sent))
@@ -175,10 +163,7 @@ async def run(kills: int, every: float, rate: float, practitioners: int, out: Pa
             await bot.stop()
         await wind_down(base, False, bot=None, world=world, hs=hs)
         await asyncio.to_thread(pg.stop)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if out is not None:
-        out.write_text(text + "\n", encoding="utf-8")
+    write_results(results, out)
 
 
 def main() -> None:

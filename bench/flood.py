@@ -26,29 +26,28 @@ import os
 import random
 import secrets
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ack_latency import (
+from bench.ack_stages import STAGES, stages
+from bench.common import (
     EchoProcess,
-    _cpu_seconds,
-    _open_dms,
-    _pct,
-    _round,
-    machine,
+    begin_run,
+    bench_world,
+    cpu_seconds,
+    open_dms,
+    percentile,
+    round1,
     wind_down,
 )
-from bench.ack_stages import STAGES, stages
 from bench.seed_db import fake_referral
 from bot.chat_user import ChatUser
-from bot.devprocess import BotProcess, free_port
+from bot.devprocess import BotProcess
 from bot.devserver import DevSynapse
-from bot.world import World, make_world
+from bot.world import World
 
 ANSWER_TIMEOUT_S = 60.0
 
@@ -120,7 +119,7 @@ async def run_phase(
     rng: random.Random,
     pids: dict[str, int | None],
 ) -> FloodPhase:
-    cpu_before = {name: _cpu_seconds(pid) for name, pid in pids.items()}
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     flood_task = None
     if flood:
         flood_task = asyncio.create_task(_flood(flooder, flooder_room, opts.flood))
@@ -154,15 +153,15 @@ async def run_phase(
         referrals_sent=len(sent),
         referrals_answered=answered,
         duplicates=len(replies) - len({r.in_reply_to for r in replies}),
-        p50_ms=_round(_pct(latencies, 50)),
-        p95_ms=_round(_pct(latencies, 95)),
-        p99_ms=_round(_pct(latencies, 99)),
-        max_ms=_round(max(latencies) if latencies else None),
+        p50_ms=round1(percentile(latencies, 50)),
+        p95_ms=round1(percentile(latencies, 95)),
+        p99_ms=round1(percentile(latencies, 99)),
+        max_ms=round1(max(latencies) if latencies else None),
         latencies_ms=latencies,
         flood_sent=len(flood_ids),
         flood_seconds=round(flood_s, 2),
         flooder_answers=flooder_answers,
-        cpu_s={name: round(_cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()},
+        cpu_s={name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()},
         samples=samples,
     )
 
@@ -181,10 +180,10 @@ def _summary(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "referrals_sent": sum(p["referrals_sent"] for p in mine),
                     "referrals_answered": sum(p["referrals_answered"] for p in mine),
                     "duplicates": sum(p["duplicates"] for p in mine),
-                    "p50_ms": _round(_pct(latencies, 50)),
-                    "p95_ms": _round(_pct(latencies, 95)),
-                    "p99_ms": _round(_pct(latencies, 99)),
-                    "max_ms": _round(max(latencies) if latencies else None),
+                    "p50_ms": round1(percentile(latencies, 50)),
+                    "p95_ms": round1(percentile(latencies, 95)),
+                    "p99_ms": round1(percentile(latencies, 99)),
+                    "max_ms": round1(max(latencies) if latencies else None),
                     "flood_sent": sum(p["flood_sent"] for p in mine),
                     "flooder_answers": [p["flooder_answers"] for p in mine],
                     "synapse_cpu_s": round(sum(p["cpu_s"].get("synapse", 0) for p in mine), 1),
@@ -194,32 +193,15 @@ def _summary(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="referral-bot-flood-"))
-    own_hs = hs is None
-    if hs is None:
-        hs = DevSynapse(base / "synapse")
-        await hs.start()
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": "python -m bench.flood " + " ".join(sys.argv[1:]),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "phases": [],
-    }
+    base, hs, own_hs, results = await begin_run("flood", opts, hs)
+    results["phases"] = []
     tag = secrets.token_hex(3)
     echo = EchoProcess(hs, base, f"echo-bot-{tag}")
     world: World | None = None
     bot: BotProcess | None = None
     rng = random.Random(6)
     try:
-        world = await make_world(
-            hs,
-            base / "world",
-            bot_name=f"referral-bot-{tag}",
-            worker_name=f"advice-worker-{tag}",
-            log_level="WARNING",
-        )
-        port = free_port()
-        world.configure(http_listen=f"127.0.0.1:{port}")
+        world, port = await bench_world(hs, base, tag)
         await world.worker.stop()  # not part of the measurement (see bench.ack_latency)
         world.users.remove(world.worker)
         bot = BotProcess(world.config_path, base / "referral-bot.log", http_port=port)
@@ -230,8 +212,8 @@ async def run_flood(opts: FloodOptions, hs: DevSynapse | None = None) -> dict[st
         flooder = await world.add_user(f"flooder-{tag}")
         rooms: dict[str, tuple[str, str]] = {}
         for name, user_id in (("echo", echo.user_id), ("referral-bot", world.bot_user)):
-            (r_room,) = await _open_dms([referrer], user_id)
-            (f_room,) = await _open_dms([flooder], user_id)
+            (r_room,) = await open_dms([referrer], user_id)
+            (f_room,) = await open_dms([flooder], user_id)
             rooms[name] = (r_room, f_room)
             # The first message of a room sets up its session: not part of the measurement.
             for user, room in ((referrer, r_room), (flooder, f_room)):

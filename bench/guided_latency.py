@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import secrets
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.ack_latency import EchoProcess, _open_dms, _pct, machine
+from bench.common import EchoProcess, begin_run, open_dms, percentile, wind_down, write_results
 from bot.chat_user import ChatUser
 from bot.devprocess import BotProcess, free_port
-from bot.devserver import DevSynapse
 from bot.world import make_world
 
 POLL_START = "org.matrix.msc3381.poll.start"
@@ -106,9 +102,9 @@ async def echo_round(user: ChatUser, room: str, think: float = 0.0) -> list[floa
 def _summary(values: list[float]) -> dict[str, Any]:
     return {
         "n": len(values),
-        "p50_ms": round(_pct(values, 50) or 0, 1),
-        "p95_ms": round(_pct(values, 95) or 0, 1),
-        "p99_ms": round(_pct(values, 99) or 0, 1),
+        "p50_ms": round(percentile(values, 50) or 0, 1),
+        "p95_ms": round(percentile(values, 95) or 0, 1),
+        "p99_ms": round(percentile(values, 99) or 0, 1),
         "max_ms": round(max(values), 1) if values else None,
     }
 
@@ -116,19 +112,11 @@ def _summary(values: list[float]) -> dict[str, Any]:
 async def run(
     practitioners: int, rounds: int, out: Path | None, think: float = 0.0
 ) -> dict[str, Any]:
-    base = Path(tempfile.mkdtemp(prefix="referral-bot-guided-bench-"))
-    hs = DevSynapse(base / "synapse")
-    await hs.start()
+    base, hs, _, results = await begin_run("guided_latency")
     tag = secrets.token_hex(3)
     echo = EchoProcess(hs, base, f"echo-bot-{tag}")
     bot: BotProcess | None = None
     world = None
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "command": f"python -m bench.guided_latency --practitioners {practitioners} "
-        f"--rounds {rounds} --think {think}",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
     try:
         world = await make_world(
             hs, base / "world", bot_name=f"referral-bot-{tag}", log_level="WARNING"
@@ -146,8 +134,8 @@ async def run(
                 *(world.add_user(f"guided{i:02d}-{tag}") for i in range(practitioners))
             )
         )
-        bot_rooms = await _open_dms(users, world.bot_user)
-        echo_rooms = await _open_dms(users, echo.user_id)
+        bot_rooms = await open_dms(users, world.bot_user)
+        echo_rooms = await open_dms(users, echo.user_id)
         # Warm-up: the first message of each room sets up its session; not measured.
         for user, room in zip(users, echo_rooms, strict=True):
             await user.wait_reply(await user.send(room, "warm-up"), timeout=60)
@@ -188,16 +176,8 @@ async def run(
             {"ms": round(v, 1), "round": r, "answer": i} for v, r, i in slowest
         ]
     finally:
-        if bot is not None and bot.proc is not None and bot.proc.returncode is None:
-            await bot.stop()
-        await echo.stop()
-        if world is not None:
-            await world.close()
-        await hs.stop()
-    text = json.dumps(results, indent=2)
-    print(text)
-    if out is not None:
-        out.write_text(text + "\n", encoding="utf-8")
+        await wind_down(base, False, bot=bot, world=world, hs=hs, echo=echo)
+    write_results(results, out)
     return results
 
 

@@ -28,17 +28,21 @@ from typing import Any, Self
 
 import aiohttp
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from nio import AsyncClient
 
-from bot.device_files import CROSS_SIGNING, DeviceFileError, DeviceFiles, write_private
+from bot.device_files import (
+    CROSS_SIGNING,
+    DeviceFileError,
+    DeviceFiles,
+    store_key_cipher,
+    write_private,
+)
 from schemas.config import ConfigError, SecretSource
 
 log = logging.getLogger(__name__)
@@ -172,14 +176,7 @@ class KeyFileError(Exception):
 
 
 def _file_cipher(store_key: str) -> AESGCM:
-    return AESGCM(
-        HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=b"referral-bot/v1",
-            info=b"cross-signing-private-keys",
-        ).derive(store_key.encode("utf-8"))
-    )
+    return store_key_cipher(store_key, b"cross-signing-private-keys")
 
 
 def _aad(user_id: str, usage: str, public: str) -> bytes:

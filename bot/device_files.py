@@ -105,15 +105,21 @@ class DataDirFiles(DeviceFiles):
             os.chmod(f, 0o600)
 
 
-def _cipher(store_key: str) -> AESGCM:
+def store_key_cipher(store_key: str, purpose: bytes) -> AESGCM:
+    """AES-256-GCM under a key derived from `storage.store_key` for one `purpose` (each
+    use its own key: device files here, the cross-signing keys in bot/cross_signing.py)."""
     return AESGCM(
         HKDF(
             algorithm=hashes.SHA256(),
             length=32,
             salt=b"referral-bot/v1",
-            info=b"device-files",
+            info=purpose,
         ).derive(store_key.encode("utf-8"))
     )
+
+
+def _cipher(store_key: str) -> AESGCM:
+    return store_key_cipher(store_key, b"device-files")
 
 
 def seal(store_key: str, name: str, text: str) -> bytes:
