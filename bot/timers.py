@@ -10,6 +10,7 @@ import logging
 
 from bot.pipeline import Pipeline
 from handlers.deadlines import check_deadlines
+from handlers.flood import forget_full_rations
 from handlers.guided_state import check_drafts
 from handlers.meeting_record import chase_actions
 from handlers.reports import weekly_report_due
@@ -27,6 +28,7 @@ async def tick(pipeline: Pipeline) -> int:
         queued = await check_deadlines(tx, pipeline.settings)
         queued += await chase_actions(tx, pipeline.settings)
         queued += await check_drafts(tx, pipeline.settings)
+        await forget_full_rations(tx)
         unsent = await tx.rooms_with_unsent()
     pipeline.outbox_workers.kick_all(unsent)
     await _weekly_report(pipeline)

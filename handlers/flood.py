@@ -116,9 +116,20 @@ async def ration(tx: Tx, msg: Incoming, doc: Doc, kind: Ration | None = None) ->
 
 async def forgive(tx: Tx, msg: Incoming) -> None:
     """A full ration again for this sender and room: they answered a question of a
-    guided referral (handlers/guided.py), which no flood does for long."""
-    kind = GUIDED
-    key = _key(msg, kind)
-    if await tx.get_kv(key) is not None:
-        full = {"tokens": float(kind.burst), "at": tx.now.isoformat(), "quiet": 0}
-        await tx.set_kv(key, json.dumps(full))
+    guided referral (handlers/guided.py), which no flood does for long. (No row is a
+    full ration.)"""
+    await tx.delete_kv(_key(msg, GUIDED))
+
+
+async def forget_full_rations(tx: Tx) -> int:
+    """Delete the rations that have filled up again with nothing left unanswered: a row
+    is kept only while someone is being rationed (the deadline clock calls this)."""
+    forgotten = 0
+    for key, raw in await tx.kv_with_prefix(KEY_PREFIX):
+        kind = GUIDED if key.startswith(KEY_PREFIX + GUIDED.name) else CHATTER
+        data = json.loads(raw)
+        bucket = Bucket(float(data["tokens"]), datetime.fromisoformat(data["at"]), data["quiet"])
+        if bucket.unanswered == 0 and refill(bucket, tx.now, kind) >= kind.burst:
+            await tx.delete_kv(key)
+            forgotten += 1
+    return forgotten

@@ -25,6 +25,9 @@ class KvStore(TxBase):
             (key, value),
         )
 
+    async def delete_kv(self, key: str) -> None:
+        await self._db.execute("DELETE FROM kv WHERE key = ?", (key,))
+
     async def kv_with_prefix(self, prefix: str) -> list[tuple[str, str]]:
         async with self._db.execute(
             "SELECT key, value FROM kv WHERE substr(key, 1, ?) = ? ORDER BY key",

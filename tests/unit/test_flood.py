@@ -135,3 +135,23 @@ async def test_a_flooded_room_does_not_hold_up_another(
     assert order.index("$referral") <= 3, order[:10]
     assert "CHILD PROTECTION REFERRAL" in h.reply("$referral")
     assert len(answers(h, flooded)) == 3
+
+
+async def test_a_ration_is_forgotten_once_full_again_and_nothing_is_left_unanswered(
+    h: Harness,
+) -> None:
+    async def rations() -> int:
+        async with h.store.snapshot() as tx:
+            return len(await tx.kv_with_prefix(flood.KEY_PREFIX))
+
+    for n in range(4):  # three answers, one left unanswered
+        await h.send(NURSE, f"hello? {n}", room=GROUP, private=False)
+    assert await rations() == 1
+    await h.tick(timedelta(minutes=10))
+    assert await rations() == 1, "kept: the next answer must say one message went unanswered"
+    await h.send(NURSE, "anyone?", room=GROUP, private=False)
+    assert answers(h, GROUP)[-1].startswith("I did not answer your 1 message before this one")
+    await h.tick(timedelta(seconds=flood.REFILL_S - 1))  # that answer took one of three
+    assert await rations() == 1, "not full yet"
+    await h.tick(timedelta(seconds=1))
+    assert await rations() == 0
