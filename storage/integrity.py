@@ -58,65 +58,64 @@ class IntegrityStore(KvStore, RecordStore, DraftStore):
         keyring = self._keyring
         report = ChainReport()
         heads: dict[int, _ChainState] = {}
-        async with self._db.execute(
+        # Row by row (Connection.stream): the two tables are read whole.
+        async for r in self._db.stream(
             "SELECT id, ref, event_id, declared_type, declared_by, form, child_key"
             " FROM referrals ORDER BY id"
-        ) as cur:
-            async for r in cur:
-                report.referrals += 1
-                state = _ChainState(
-                    ref=r["ref"],
-                    expect={
-                        "event_id": r["event_id"],
-                        "declared_type": r["declared_type"],
-                        "declared_by": r["declared_by"],
-                    },
+        ):
+            report.referrals += 1
+            state = _ChainState(
+                ref=r["ref"],
+                expect={
+                    "event_id": r["event_id"],
+                    "declared_type": r["declared_type"],
+                    "declared_by": r["declared_by"],
+                },
+            )
+            heads[r["id"]] = state
+            try:
+                form = json.loads(keyring.decrypt(r["form"], ctx_form(r["event_id"])))
+            except (InvalidTag, ValueError):
+                state.broken = True
+                report.breaks.append(
+                    ChainBreak(
+                        r["ref"],
+                        None,
+                        "its form cannot be decrypted: changed by hand, "
+                        "copied from another row, or encrypted with another key",
+                    )
                 )
-                heads[r["id"]] = state
-                try:
-                    form = json.loads(keyring.decrypt(r["form"], ctx_form(r["event_id"])))
-                except (InvalidTag, ValueError):
-                    state.broken = True
-                    report.breaks.append(
-                        ChainBreak(
-                            r["ref"],
-                            None,
-                            "its form cannot be decrypted: changed by hand, "
-                            "copied from another row, or encrypted with another key",
-                        )
-                    )
-                    continue
-                if r["child_key"] != child_key_of(keyring, form):
-                    state.broken = True
-                    report.breaks.append(
-                        ChainBreak(r["ref"], None, "child_key does not match the child's details")
-                    )
-        async with self._db.execute(
+                continue
+            if r["child_key"] != child_key_of(keyring, form):
+                state.broken = True
+                report.breaks.append(
+                    ChainBreak(r["ref"], None, "child_key does not match the child's details")
+                )
+        async for e in self._db.stream(
             "SELECT id, referral_id, at, actor, kind, detail, prev_hash, hash"
             " FROM record_entries ORDER BY referral_id, id"
-        ) as cur:
-            async for e in cur:
-                report.entries += 1
-                if e["referral_id"] not in heads:  # foreign keys are off in a sqlite3 shell
-                    orphan = _ChainState(f"referral id {e['referral_id']}", {}, broken=True)
-                    heads[e["referral_id"]] = orphan
-                    report.breaks.append(
-                        ChainBreak(
-                            orphan.ref,
-                            e["id"],
-                            "it belongs to no referral (the referral was deleted by hand)",
-                        )
+        ):
+            report.entries += 1
+            if e["referral_id"] not in heads:  # foreign keys are off in a sqlite3 shell
+                orphan = _ChainState(f"referral id {e['referral_id']}", {}, broken=True)
+                heads[e["referral_id"]] = orphan
+                report.breaks.append(
+                    ChainBreak(
+                        orphan.ref,
+                        e["id"],
+                        "it belongs to no referral (the referral was deleted by hand)",
                     )
-                state = heads[e["referral_id"]]
-                state.count += 1
-                if state.broken:
-                    continue
-                problem = _entry_problem(keyring, state, e)
-                if problem is not None:
-                    state.broken = True
-                    report.breaks.append(ChainBreak(state.ref, e["id"], problem))
-                else:
-                    state.last_hash = str(e["hash"])
+                )
+            state = heads[e["referral_id"]]
+            state.count += 1
+            if state.broken:
+                continue
+            problem = _entry_problem(keyring, state, e)
+            if problem is not None:
+                state.broken = True
+                report.breaks.append(ChainBreak(state.ref, e["id"], problem))
+            else:
+                state.last_hash = str(e["hash"])
         for state in heads.values():
             if state.count == 0 and not state.broken:
                 report.breaks.append(ChainBreak(state.ref, None, "it has no running record"))

@@ -89,6 +89,13 @@ class Connection(ABC):
     @abstractmethod
     async def _execute(self, sql: str, params: tuple[Any, ...]) -> Cursor: ...
 
+    async def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[Row]:
+        """The rows of a query one by one, never all in memory at once (a whole table
+        read by `verify`). SQLite's cursor already steps through the rows."""
+        async with self.execute(sql, params) as cur:
+            async for row in cur:
+                yield row
+
     @abstractmethod
     async def xact_lock(self, space: int, key: int) -> None:
         """Hold a lock on (space, key) until this transaction ends, so that a read followed
@@ -270,6 +277,10 @@ def _status_count(status: str) -> int:
     return int(last) if last.isdigit() else -1
 
 
+# Rows a PostgreSQL cursor fetches per round trip (`Connection.stream`).
+STREAM_BATCH = 2000
+
+
 class PostgresConnection(Connection):
     """asyncpg, statements translated (`translate`). Transactions run at READ COMMITTED;
     what must not interleave across connections takes `xact_lock` (an advisory lock held
@@ -291,6 +302,17 @@ class PostgresConnection(Connection):
         if how == "key":
             return _ListCursor(rows, len(rows), int(rows[0][0]) if rows else None)
         return _ListCursor(rows, len(rows))
+
+    async def stream(self, sql: str, params: Sequence[Any] = ()) -> AsyncIterator[Row]:
+        """A server-side cursor (`STREAM_BATCH` rows at a time) inside the open
+        transaction; outside one, the rows are fetched whole."""
+        text, _ = translate(sql)
+        if not self.raw.is_in_transaction():
+            for row in await self.raw.fetch(text, *params):
+                yield row
+            return
+        async for row in self.raw.cursor(text, *params, prefetch=STREAM_BATCH):
+            yield row
 
     async def xact_lock(self, space: int, key: int) -> None:
         await self.raw.execute(

@@ -382,3 +382,26 @@ async def test_every_generated_key_is_returned_on_postgresql(tmp_path: Path) -> 
         if len(keys) == 1 and str(keys[0][2]).upper() == "INTEGER":
             generated[str(table)] = str(keys[0][1])
     assert generated == GENERATED_KEYS
+
+
+async def test_a_streamed_query_yields_every_row_in_order_across_batches(
+    tmp_path: Path, engine: str
+) -> None:
+    """`Connection.stream` (what `verify` reads the running records with): on PostgreSQL a
+    server-side cursor fetching STREAM_BATCH rows at a time, on SQLite the cursor."""
+    from storage.sql import STREAM_BATCH
+
+    n = STREAM_BATCH * 2 + 7
+    store = await Store.open(location(tmp_path / "r.db"), KEYRING)
+    try:
+        async with store.transaction() as tx:
+            for i in range(n):
+                await tx.set_kv(f"s{i:06d}", str(i))
+        async with store.snapshot() as tx:
+            keys = [
+                str(r[0])
+                async for r in tx._db.stream("SELECT key FROM kv WHERE key LIKE 's%' ORDER BY key")
+            ]
+        assert keys == [f"s{i:06d}" for i in range(n)]
+    finally:
+        await store.close()
