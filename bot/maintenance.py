@@ -228,6 +228,7 @@ def cutoffs_for(config: Config, now: datetime) -> tuple[PurgeCutoffs, dict[str, 
         ),
         inbox_before=now - timedelta(days=r.handled_inbox_days),
         outbox_before=now - timedelta(days=r.sent_outbox_days),
+        saved_referrers_before=now - timedelta(days=r.saved_referrer_days),
     )
     rules = {
         "contact": f"retention.contact_years = {r.contact_years}",
@@ -247,7 +248,8 @@ def _describe_rules(config: Config) -> str:
     return (
         f"Retention: contacts {years(r.contact_years)}; child protection referrals "
         f"{years(r.child_protection_years)}; handled inbox rows {r.handled_inbox_days} day(s); "
-        f"sent messages {r.sent_outbox_days} day(s)."
+        f"sent messages {r.sent_outbox_days} day(s); referrers' kept details "
+        f"{r.saved_referrer_days} day(s) after their last use."
     )
 
 
@@ -260,8 +262,8 @@ def _describe_plan(plan: PurgePlan, verb: str, out: Outcome) -> None:
     for p in plan.referrals:
         out.say(f"  {p.ref}  {p.record_class}")
     out.say(
-        f"{verb} {plan.inbox_rows} handled inbox row(s) and {plan.outbox_rows} other sent "
-        "message(s)."
+        f"{verb} {plan.inbox_rows} handled inbox row(s), {plan.outbox_rows} other sent "
+        f"message(s) and {plan.saved_referrers} referrer's kept details."
     )
 
 

@@ -485,7 +485,9 @@ async def _review_answer(
     ref = await record_referral(tx, anchor, settings, parsed.form, phone=state.phone, guided=True)
     if not state.phone:
         details = {k: state.answers[k] for k in REFERRER_KEYS if k in state.answers}
-        if details != state.saved:
+        if details == state.saved:
+            await tx.touch_referrer(msg.sender)  # used again: kept for longer
+        else:
             await tx.save_referrer(msg.sender, details)
             await turn.send(
                 Doc().para(

@@ -289,6 +289,8 @@ class RetentionConfig(_Strict):
     # recognised. Sent messages keep their (encrypted) text until then.
     handled_inbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
     sent_outbox_days: Annotated[int, Field(ge=1, le=3650)] = 30
+    # A practitioner's kept details (guided referrals) go this long after their last use.
+    saved_referrer_days: Annotated[int, Field(ge=1, le=3650)] = 365
 
 
 class PinnedDevice(_Strict):

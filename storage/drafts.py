@@ -167,6 +167,12 @@ class DraftStore(TxBase):
             ),
         )
 
+    async def touch_referrer(self, user_id: str) -> None:
+        """The kept details were used again unchanged: their retention starts afresh."""
+        await self._db.execute(
+            "UPDATE saved_referrers SET saved_at = ? WHERE user_id = ?", (iso(self.now), user_id)
+        )
+
     async def forget_referrer(self, user_id: str) -> bool:
         cur = await self._db.execute("DELETE FROM saved_referrers WHERE user_id = ?", (user_id,))
         return cur.rowcount > 0

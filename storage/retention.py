@@ -17,6 +17,8 @@ class PurgeCutoffs:
     child_protection_before: datetime | None
     inbox_before: datetime
     outbox_before: datetime
+    # Referrer details kept for guided referrals, last used before this.
+    saved_referrers_before: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class PurgePlan:
     outbox_rows: int = 0
     # Files attached to the referrals that go (they go with them).
     attachments: int = 0
+    saved_referrers: int = 0
 
 
 class RetentionStore(RecordStore):
@@ -73,6 +76,13 @@ class RetentionStore(RecordStore):
             (iso(cutoffs.outbox_before),),
         ) as cur:
             plan.outbox_rows = sum(1 for r in await cur.fetchall() if r[0] not in going)
+        if cutoffs.saved_referrers_before is not None:
+            async with self._db.execute(
+                "SELECT COUNT(*) FROM saved_referrers WHERE saved_at < ?",
+                (iso(cutoffs.saved_referrers_before),),
+            ) as cur:
+                row = await cur.fetchone()
+                plan.saved_referrers = int(row[0]) if row else 0
         return plan
 
     async def purge(self, cutoffs: PurgeCutoffs, rules: dict[str, str]) -> PurgePlan:
@@ -114,4 +124,9 @@ class RetentionStore(RecordStore):
             "DELETE FROM outbox WHERE sent_at IS NOT NULL AND sent_at < ?",
             (iso(cutoffs.outbox_before),),
         )
+        if cutoffs.saved_referrers_before is not None:
+            await self._db.execute(
+                "DELETE FROM saved_referrers WHERE saved_at < ?",
+                (iso(cutoffs.saved_referrers_before),),
+            )
         return plan

@@ -77,7 +77,10 @@ async def test_without_yes_it_only_lists(
     assert "Would purge 2 referral(s), each with its running record and messages:" in out
     assert f"  {old_contact}  contact" in out
     assert f"  {old_protection}  child protection referral" in out
-    assert "Would purge 4 handled inbox row(s) and 3 other sent message(s)." in out
+    assert (
+        "Would purge 4 handled inbox row(s), 3 other sent message(s) and 0 referrer's kept"
+        " details." in out
+    )
     assert "Nothing was purged. Run again with --yes" in out
     assert "Protection" not in out and "Contact" not in out  # references only, no names
     assert counts(db_path) == before
@@ -149,3 +152,23 @@ async def test_classes_without_a_period_are_kept_for_ever(
     out = capsys.readouterr().out
     assert "contacts kept for ever; child protection referrals kept for ever" in out
     assert counts(tmp_path / "data" / "referrals.db")["referrals"] == 4
+
+
+async def test_kept_referrer_details_go_a_year_after_their_last_use(
+    tmp_path: Path, aged: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db_path = tmp_path / "data" / "referrals.db"
+    async with opened(db_path) as store:
+        store.clock = lambda: NOW - timedelta(days=400)
+        async with store.transaction() as tx:
+            for who in ("@old:example.org", "@used:example.org"):
+                await tx.save_referrer(who, {"Referrer_name": "Sam Referrer"})
+        store.clock = lambda: NOW - timedelta(days=10)
+        async with store.transaction() as tx:
+            await tx.touch_referrer("@used:example.org")  # a referral sent with them
+    assert await cli("purge", "-c", aged) == 0
+    out = capsys.readouterr().out
+    assert "referrers' kept details 365 day(s) after their last use" in out
+    assert "and 1 referrer's kept details." in out
+    assert await cli("purge", "-c", aged, "--yes") == 0
+    assert sql(db_path, "SELECT user_id FROM saved_referrers") == [("@used:example.org",)]
