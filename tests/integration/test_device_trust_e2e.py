@@ -26,6 +26,8 @@ from tests.forms import referral
 from tests.integration.live import open_dm, running
 from tests.integration.test_cross_signing_e2e import element_crypto
 
+POLL_START = "org.matrix.msc3381.poll.start"
+
 __all__ = ["element_crypto"]  # the fixture: Element's crypto library, installed with npm
 
 pytestmark = pytest.mark.integration
@@ -131,11 +133,42 @@ async def test_strict_mode_verification_via_the_team_then_a_second_session_by_th
         await until(lambda: help_reply.event_id in phone.undecryptable_ids, "phone sees it")
         assert not any(r.event_id == help_reply.event_id for r in phone.received)
 
+        # 5b. Its tap in a guided referral's poll is not acted on either: the tap gets the
+        #     notice, and the nurse's own tap on the same poll still answers the question.
+        asked_at = time.monotonic()
+        await nurse.send(dm, "!refer")
+        danger = (
+            await nurse.wait_for(
+                from_bot(
+                    world,
+                    lambda r: (
+                        r.room_id == dm
+                        and r.at >= asked_at
+                        and r.type == POLL_START
+                        and "immediate danger" in r.body.lower()
+                    ),
+                )
+            )
+        )[0]
+        no = next(a for a, text in danger.poll_answers if text.lower().startswith("no"))
+        tap = await phone.send_poll_response(dm, danger.event_id, [no])
+        refused = await phone.wait_reply(tap)
+        assert not refused.decrypted and "did NOT act" in refused.body
+        tapped_at = time.monotonic()
+        await nurse.send_poll_response(dm, danger.event_id, [no])
+        await nurse.wait_for(
+            from_bot(world, lambda r: r.at >= tapped_at and "full name" in r.body.lower())
+        )
+        cancel_at = time.monotonic()
+        await nurse.send(dm, "cancel")
+        await nurse.wait_for(from_bot(world, lambda r: r.at >= cancel_at and "Cancelled" in r.body))
+
         # 6. The second session is verified by the first: the bot shows its side in the
         #    DM, which only the verified first session can read.
         from_phone = await phone.send(dm, "!verify")
         reply = await phone.wait_reply(from_phone)
-        assert not reply.decrypted and "verification request" in reply.body
+        # (The bot sent that session a request at its tap in 5b already.)
+        assert not reply.decrypted and "already under way" in reply.body
         txn2 = await phone.wait_verification_request(world.bot_user)
         started = time.monotonic()
         await phone.accept_verification(txn2)
