@@ -34,9 +34,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import peewee
 import psycopg2
+import psycopg2.extras
 from cryptography.exceptions import InvalidTag
 from nio.crypto import OlmAccount
 
@@ -72,7 +74,7 @@ class LocalDevice:
 def _refuse(data_dir: Path, why: str) -> DeviceFileError:
     return DeviceFileError(
         f"cannot move the device kept in {data_dir} into the database: {why}. Nothing was "
-        "changed (the database has no device yet, the files are untouched)."
+        "moved: the database holds no device and the files are untouched."
     )
 
 
@@ -131,7 +133,7 @@ def _read_sqlite(device: LocalDevice, models: list[Any]) -> dict[str, list[tuple
     its nio field, as nio itself would write it); DeviceFileError for a damaged file."""
     data_dir = device.e2ee.parent.parent
     try:
-        conn = sqlite3.connect(f"file:{device.e2ee}?mode=ro", uri=True)
+        conn = sqlite3.connect(f"file:{quote(str(device.e2ee))}?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise _refuse(data_dir, f"{device.e2ee} cannot be opened ({exc})") from exc
     try:
@@ -221,10 +223,11 @@ def _copy(where: Postgres, epoch: int | None, store_key: str, device: LocalDevic
                     continue
                 names = [f.column_name for f in model._meta.sorted_fields]
                 cols = ", ".join(f'"{c}"' for c in names)
-                marks = ", ".join(["%s"] * len(names))
-                cursor.executemany(
-                    f'INSERT INTO "{table}" ({cols}) VALUES ({marks})',  # noqa: S608
+                psycopg2.extras.execute_values(
+                    cursor,
+                    f'INSERT INTO "{table}" ({cols}) VALUES %s',  # noqa: S608
                     local[table],
+                    page_size=500,
                 )
                 pk = model._meta.primary_key
                 if isinstance(pk, peewee.AutoField):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,3 +280,33 @@ async def test_another_store_key_is_refused_before_anything_is_copied(
         await device_files_for(leader, old.data, other_key).read(CREDENTIALS)
     assert old.local_files() == before
     assert sql(where, "SELECT COUNT(*) FROM device_files") == [(0,)]
+
+
+async def test_time_to_move_a_large_store(leader: Store, tmp_path: Path) -> None:
+    """Not a limit: prints how long moving a store with many room keys takes (the report)."""
+    where = leader.where
+    assert isinstance(where, Postgres)
+    old = make_old_device(tmp_path / "data")
+    n = 5000
+    with sqlite3.connect(old.e2ee) as conn:
+        ((account_id, pickle, fp, sender),) = conn.execute(
+            "SELECT account_id, session, fp_key, sender_key FROM megolminboundsessions"
+        ).fetchall()
+        conn.executemany(
+            "INSERT INTO megolminboundsessions"
+            " (sender_key, account_id, fp_key, room_id, session, session_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(sender, account_id, fp, f"!r{i}:example.org", pickle, f"s{i}") for i in range(n)],
+        )
+        conn.executemany(
+            "INSERT INTO devicekeys (device_id, user_id, display_name, deleted, account_id)"
+            " VALUES (?, ?, '', 0, ?)",
+            [(f"D{i}", f"@u{i}:example.org", account_id) for i in range(n)],
+        )
+    conn.close()
+    start = time.perf_counter()
+    assert await device_files_for(leader, old.data, STORE_KEY).read(CREDENTIALS) is not None
+    took = time.perf_counter() - start
+    print(f"moved {n + 1} room keys and {n + 2} devices into PostgreSQL in {took:.2f} s")
+    assert sql(where, "SELECT COUNT(*) FROM megolminboundsessions") == [(n + 1,)]
+    assert sql(where, "SELECT COUNT(*) FROM devicekeys") == [(n + 2,)]
