@@ -133,8 +133,8 @@ def unseal(store_key: str, name: str, content: bytes) -> str:
 class DatabaseFiles(DeviceFiles):
     """PostgreSQL installs: sealed rows of `device_files`, nio's store in the database.
 
-    `data_dir` is only looked at for a device kept there by an older version, which is
-    moved into the database on the first start (a new login would lose its keys)."""
+    `data_dir` is only looked at to refuse a device kept there by an older version (a new
+    login would make a second device and lose its keys)."""
 
     def __init__(self, store: Store, store_key: str, data_dir: Path) -> None:
         assert isinstance(store.where, Postgres)
@@ -143,14 +143,15 @@ class DatabaseFiles(DeviceFiles):
         self.data_dir = data_dir
 
     async def read(self, name: str) -> str | None:
-        if name == CREDENTIALS and (self.data_dir / CREDENTIALS).exists():
-            # A device an older version kept in data_dir: moved here (bot/device_import.py).
-            from bot.device_import import move_device_to_database
-
-            await move_device_to_database(self, self._key)
         async with self.store.snapshot() as tx:
             content = await tx.get_device_file(name)
         if content is None:
+            if name == CREDENTIALS and (self.data_dir / CREDENTIALS).exists():
+                raise DeviceFileError(
+                    f"the database has no device yet but {self.data_dir / CREDENTIALS} exists "
+                    "(a bot that kept its device in data_dir): starting would log in as a new "
+                    "device. Move data_dir aside to do that on purpose."
+                )
             return None
         try:
             return unseal(self._key, name, content)

@@ -33,7 +33,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import peewee
@@ -46,14 +46,13 @@ from bot.device_files import (
     CREDENTIALS,
     CROSS_SIGNING,
     E2EE_DIR,
+    DatabaseFiles,
     DeviceFileError,
+    DeviceFiles,
     seal,
     unseal,
 )
 from storage.engine import Postgres
-
-if TYPE_CHECKING:
-    from bot.device_files import DatabaseFiles
 
 log = logging.getLogger(__name__)
 
@@ -293,8 +292,12 @@ def _rename(paths: list[Path]) -> None:
         path.rename(target)
 
 
-async def move_device_to_database(files: DatabaseFiles, store_key: str) -> None:
-    """Called when `data_dir/credentials.json` exists on PostgreSQL (DatabaseFiles.read)."""
+async def move_local_device(files: DeviceFiles, store_key: str) -> None:
+    """At start-up, before the credentials are read: on PostgreSQL, a device an older
+    version kept in `data_dir` is moved into the database (or refused, with the reason).
+    Nothing to do on SQLite, or without `data_dir/credentials.json`."""
+    if not isinstance(files, DatabaseFiles) or not (files.data_dir / CREDENTIALS).exists():
+        return
     data_dir = files.data_dir
     _, user_id, device_id = _read_credentials(data_dir)
     async with files.store.snapshot() as tx:

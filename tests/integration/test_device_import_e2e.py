@@ -11,6 +11,7 @@ session it had, and leave the local files renamed `*.moved-to-database`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 
@@ -64,6 +65,21 @@ async def test_a_device_kept_in_data_dir_is_moved_and_stays_the_same(
     # The new version on PostgreSQL, the same data_dir, no password to log in with.
     world.config_path.write_text(on_postgres, encoding="utf-8")
     (world.base / "secrets" / "bot-password").unlink()
+
+    # Without its E2EE store the device is not moved: the bot says why and stops.
+    aside = e2ee.with_name("aside.db")
+    e2ee.rename(aside)
+    refused = BotProcess(world.config_path, world.base / "bot-refused.log", http_port=port)
+    await refused.start()
+    assert refused.proc is not None
+    assert await asyncio.wait_for(refused.proc.wait(), 60) == 1
+    said = refused.log()
+    assert "referral-bot: cannot move the device" in said and "is missing" in said
+    assert "Traceback" not in said
+    assert (data / CREDENTIALS).is_file() and (data / CROSS_SIGNING).is_file()
+    assert db_rows(world, "SELECT COUNT(*) FROM device_files") == [(0,)]
+    aside.rename(e2ee)
+
     new = BotProcess(world.config_path, world.base / "bot-new.log", http_port=port)
     async with new:
         await new.wait_healthy(timeout=60)

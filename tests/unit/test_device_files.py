@@ -90,13 +90,12 @@ async def test_a_row_moved_to_another_name_does_not_open(tmp_path: Path, engine:
 async def test_a_device_left_in_data_dir_is_not_replaced_by_a_new_login(
     tmp_path: Path, engine: str
 ) -> None:
-    """An older bot on PostgreSQL kept its device in data_dir, but its E2EE store is not
-    there: refuse (tests/unit/test_device_import.py has the device that is moved)."""
+    """An older bot on PostgreSQL kept its device in data_dir: refuse, do not log in anew."""
     if engine == "sqlite":
         pytest.skip("PostgreSQL only")
     data = tmp_path / "data"
     data.mkdir()
     (data / CREDENTIALS).write_text(CREDS)
     async with opened(tmp_path / "r.db") as store:
-        with pytest.raises(DeviceFileError, match=r"E2EE store .* is missing"):
+        with pytest.raises(DeviceFileError, match="new device"):
             await device_files_for(store, data, STORE_KEY).read(CREDENTIALS)

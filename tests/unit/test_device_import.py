@@ -28,7 +28,7 @@ from nio.crypto import (
 from bot.cross_signing import CrossSigningKeys, load_stored_keys, seal_keys
 from bot.crypto_store_pg import PostgresCryptoStore
 from bot.device_files import CREDENTIALS, CROSS_SIGNING, DeviceFileError, device_files_for
-from bot.device_import import MOVED_SUFFIX
+from bot.device_import import MOVED_SUFFIX, move_local_device
 from bot.trust_cache import TrustCachingStore
 from storage.engine import Postgres, Store
 from tests.engines import dump, location, sql
@@ -108,6 +108,13 @@ async def leader(engine: str, tmp_path: Path) -> AsyncIterator[Store]:
         await store.close()
 
 
+async def start(leader: Store, data: Path, store_key: str = STORE_KEY) -> str | None:
+    """What the bot does at start-up (bot/app.py): move a local device, then read."""
+    files = device_files_for(leader, data, store_key)
+    await move_local_device(files, store_key)
+    return await files.read(CREDENTIALS)
+
+
 def nio_rows(where: Postgres) -> int:
     """Rows in nio's tables on PostgreSQL (0 when the tables are not even there)."""
     tables = sql(
@@ -131,8 +138,7 @@ async def test_the_old_device_is_moved_and_works_from_the_database(
     old = make_old_device(tmp_path / "data")
     before = old.local_files()
 
-    files = device_files_for(leader, old.data, STORE_KEY)
-    text = await files.read(CREDENTIALS)
+    text = await start(leader, old.data)
     assert text is not None and json.loads(text)["device_id"] == DEVICE
 
     # The local files are renamed, byte for byte, not deleted.
@@ -182,20 +188,18 @@ async def test_the_old_device_is_moved_and_works_from_the_database(
         pg.close()
 
     # A second start imports nothing again (no local credentials.json any more).
-    again = device_files_for(leader, old.data, STORE_KEY)
-    assert await again.read(CREDENTIALS) == text
+    assert await start(leader, old.data) == text
     assert old.local_files() == after
     assert sql(where, "SELECT token FROM synctokens") == [("s43_new",)]
 
 
 async def test_a_start_stopped_before_renaming_finishes_it(leader: Store, tmp_path: Path) -> None:
     old = make_old_device(tmp_path / "data")
-    files = device_files_for(leader, old.data, STORE_KEY)
-    text = await files.read(CREDENTIALS)
+    text = await start(leader, old.data)
     # As if the process had died after the commit and before the renames.
     moved = old.data / (CREDENTIALS + MOVED_SUFFIX)
     shutil.copy(moved, old.data / CREDENTIALS)
-    assert await files.read(CREDENTIALS) == text
+    assert await start(leader, old.data) == text
     assert not (old.data / CREDENTIALS).exists()
     # The first renamed copy is kept; the second goes beside it.
     assert moved.exists() and (old.data / (CREDENTIALS + MOVED_SUFFIX + ".1")).exists()
@@ -203,8 +207,7 @@ async def test_a_start_stopped_before_renaming_finishes_it(leader: Store, tmp_pa
 
 async def test_another_device_in_data_dir_is_refused(leader: Store, tmp_path: Path) -> None:
     old = make_old_device(tmp_path / "data")
-    files = device_files_for(leader, old.data, STORE_KEY)
-    text = await files.read(CREDENTIALS)
+    text = await start(leader, old.data)
     other = make_old_device(tmp_path / "data2")
     creds = json.loads((other.data / CREDENTIALS).read_text())
     creds["device_id"] = "ANOTHERDEV"
@@ -212,9 +215,9 @@ async def test_another_device_in_data_dir_is_refused(leader: Store, tmp_path: Pa
     (other.e2ee).rename(other.e2ee.with_name(f"{BOT}_ANOTHERDEV.db"))
     before = other.local_files()
     with pytest.raises(DeviceFileError, match="database already has a device"):
-        await device_files_for(leader, other.data, STORE_KEY).read(CREDENTIALS)
+        await start(leader, other.data, STORE_KEY)
     assert other.local_files() == before
-    assert await files.read(CREDENTIALS) == text  # the database's device is unchanged
+    assert await start(leader, old.data) == text  # the database's device is unchanged
 
 
 async def test_credentials_without_their_e2ee_store_are_refused(
@@ -226,7 +229,7 @@ async def test_credentials_without_their_e2ee_store_are_refused(
     old.e2ee.unlink()
     before = old.local_files()
     with pytest.raises(DeviceFileError, match=r"E2EE store .*\.db is missing"):
-        await device_files_for(leader, old.data, STORE_KEY).read(CREDENTIALS)
+        await start(leader, old.data, STORE_KEY)
     assert old.local_files() == before
     assert sql(where, "SELECT COUNT(*) FROM device_files") == [(0,)]
 
@@ -242,7 +245,7 @@ async def test_a_broken_sqlite_store_leaves_everything_as_it_was(
     old.e2ee.write_bytes(bytes(raw))
     before = old.local_files()
     with pytest.raises(DeviceFileError, match="is not a readable nio store"):
-        await device_files_for(leader, old.data, STORE_KEY).read(CREDENTIALS)
+        await start(leader, old.data, STORE_KEY)
     assert old.local_files() == before
     assert sql(where, "SELECT COUNT(*) FROM device_files") == [(0,)]
     assert nio_rows(where) == 0
@@ -261,7 +264,7 @@ async def test_a_copy_the_database_refuses_is_rolled_back(leader: Store, tmp_pat
     conn.close()
     before = old.local_files()
     with pytest.raises(DeviceFileError, match="the database refused the copy"):
-        await device_files_for(leader, old.data, STORE_KEY).read(CREDENTIALS)
+        await start(leader, old.data, STORE_KEY)
     assert old.local_files() == before
     assert sql(where, "SELECT COUNT(*) FROM device_files") == [(0,)]
     assert nio_rows(where) == 0
@@ -277,7 +280,7 @@ async def test_another_store_key_is_refused_before_anything_is_copied(
     before = old.local_files()
     other_key = "another-key-" + "k" * 30
     with pytest.raises(DeviceFileError, match=r"cannot be opened with storage\.store_key"):
-        await device_files_for(leader, old.data, other_key).read(CREDENTIALS)
+        await start(leader, old.data, other_key)
     assert old.local_files() == before
     assert sql(where, "SELECT COUNT(*) FROM device_files") == [(0,)]
 
@@ -304,9 +307,9 @@ async def test_time_to_move_a_large_store(leader: Store, tmp_path: Path) -> None
             [(f"D{i}", f"@u{i}:example.org", account_id) for i in range(n)],
         )
     conn.close()
-    start = time.perf_counter()
-    assert await device_files_for(leader, old.data, STORE_KEY).read(CREDENTIALS) is not None
-    took = time.perf_counter() - start
+    began = time.perf_counter()
+    assert await start(leader, old.data, STORE_KEY) is not None
+    took = time.perf_counter() - began
     print(f"moved {n + 1} room keys and {n + 2} devices into PostgreSQL in {took:.2f} s")
     assert sql(where, "SELECT COUNT(*) FROM megolminboundsessions") == [(n + 1,)]
     assert sql(where, "SELECT COUNT(*) FROM devicekeys") == [(n + 2,)]
