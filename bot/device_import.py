@@ -29,12 +29,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
 import sqlite3
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import peewee
 import psycopg2
@@ -128,34 +129,47 @@ def _tables() -> list[Any]:
 
 
 def _read_sqlite(device: LocalDevice, models: list[Any]) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of every nio table, read-only, as PostgreSQL takes it (each value through
-    its nio field, as nio itself would write it); DeviceFileError for a damaged file."""
+    """Every row of every nio table as PostgreSQL takes it (each value through its nio
+    field, as nio itself would write it); DeviceFileError for a damaged file.
+
+    Read from a private copy of the file and its journal: a bot killed during a write
+    left a hot journal that SQLite rolls back on opening, which needs a writable file,
+    and the original files stay exactly as they were (they are renamed afterwards)."""
     data_dir = device.e2ee.parent.parent
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(device.e2ee))}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise _refuse(data_dir, f"{device.e2ee} cannot be opened ({exc})") from exc
-    try:
-        check = conn.execute("PRAGMA quick_check").fetchall()
-        if check != [("ok",)]:
-            raise sqlite3.DatabaseError(f"quick_check: {check[:3]}")
-        rows: dict[str, list[tuple[Any, ...]]] = {}
-        for model in models:
-            fields = model._meta.sorted_fields
-            cols = ", ".join(f'"{f.column_name}"' for f in fields)
-            table = model._meta.table_name
-            rows[table] = [
-                tuple(
-                    None if v is None else f.db_value(f.python_value(v))
-                    for f, v in zip(fields, row, strict=True)
-                )
-                for row in conn.execute(f'SELECT {cols} FROM "{table}"')  # noqa: S608
-            ]
-        return rows
-    except (sqlite3.Error, ValueError, TypeError) as exc:
-        raise _refuse(data_dir, f"{device.e2ee} is not a readable nio store ({exc})") from exc
-    finally:
-        conn.close()
+    with tempfile.TemporaryDirectory(dir=device.e2ee.parent, prefix=".moving-") as tmp:
+        copy = Path(tmp) / "store.db"
+        try:
+            for suffix in ("", "-journal", "-wal"):  # not -shm: rebuilt from the WAL
+                source = device.e2ee.with_name(device.e2ee.name + suffix)
+                if source.exists():
+                    shutil.copyfile(source, copy.with_name(copy.name + suffix))
+        except OSError as exc:
+            raise _refuse(data_dir, f"{device.e2ee} cannot be read ({exc})") from exc
+        try:
+            conn = sqlite3.connect(copy)
+        except sqlite3.Error as exc:
+            raise _refuse(data_dir, f"{device.e2ee} cannot be opened ({exc})") from exc
+        try:
+            check = conn.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise sqlite3.DatabaseError(f"quick_check: {check[:3]}")
+            rows: dict[str, list[tuple[Any, ...]]] = {}
+            for model in models:
+                fields = model._meta.sorted_fields
+                cols = ", ".join(f'"{f.column_name}"' for f in fields)
+                table = model._meta.table_name
+                rows[table] = [
+                    tuple(
+                        None if v is None else f.db_value(f.python_value(v))
+                        for f, v in zip(fields, row, strict=True)
+                    )
+                    for row in conn.execute(f'SELECT {cols} FROM "{table}"')  # noqa: S608
+                ]
+            return rows
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise _refuse(data_dir, f"{device.e2ee} is not a readable nio store ({exc})") from exc
+        finally:
+            conn.close()
 
 
 def _account_keys(pickle: Any, store_key: str, where: str) -> dict[str, str]:

@@ -313,3 +313,36 @@ async def test_time_to_move_a_large_store(leader: Store, tmp_path: Path) -> None
     print(f"moved {n + 1} room keys and {n + 2} devices into PostgreSQL in {took:.2f} s")
     assert sql(where, "SELECT COUNT(*) FROM megolminboundsessions") == [(n + 1,)]
     assert sql(where, "SELECT COUNT(*) FROM devicekeys") == [(n + 2,)]
+
+
+async def test_a_store_left_by_a_crash_mid_write_is_moved_as_committed(
+    leader: Store, tmp_path: Path
+) -> None:
+    """The old bot killed during a nio write leaves a hot journal: what is moved is the
+    last committed state (SQLite's own recovery, on a private copy; the files as left)."""
+    where = leader.where
+    assert isinstance(where, Postgres)
+    old = make_old_device(tmp_path / "data")
+    conn = sqlite3.connect(old.e2ee, isolation_level=None)
+    conn.execute("PRAGMA cache_size = 1")  # uncommitted pages reach the file
+    conn.execute("BEGIN")
+    conn.execute("UPDATE synctokens SET token = 'uncommitted'")
+    (account_id,) = conn.execute("SELECT id FROM accounts").fetchone()
+    conn.executemany(
+        "INSERT INTO encryptedrooms (room_id, account_id) VALUES (?, ?)",
+        [(f"!x{i}:example.org" + "x" * 200, account_id) for i in range(2000)],
+    )
+    shutil.copytree(old.data, tmp_path / "crashed")  # as a power cut would leave it
+    conn.execute("ROLLBACK")
+    conn.close()
+    crashed = tmp_path / "crashed"
+    journal = crashed / "e2ee" / f"{BOT}_{DEVICE}.db-journal"
+    assert journal.stat().st_size > 0
+    before = {p.name: p.read_bytes() for p in (crashed / "e2ee").iterdir()}
+
+    assert await start(leader, crashed) is not None
+    assert sql(where, "SELECT token FROM synctokens") == [("s42_old",)]
+    assert sql(where, "SELECT COUNT(*) FROM encryptedrooms") == [(1,)]
+    # Renamed as they were (the journal too), not rolled back in place.
+    after = {p.name: p.read_bytes() for p in (crashed / "e2ee").iterdir()}
+    assert after == {name + MOVED_SUFFIX: content for name, content in before.items()}
