@@ -7,7 +7,8 @@ every key (referrals encrypted to the old device could never be read), so on the
 start with no device in the database the bot moves it there:
 
 1. everything is read and checked first: the credentials, the cross-signing keys (they
-   must open with `storage.store_key`), the nio store (its account must be the
+   must open with `storage.store_key`), the nio store (read from a private copy, so that
+   SQLite rolls back there a journal left by a crash mid-write; its account must be the
    credentials' device and open with `storage.store_key`);
 2. in ONE PostgreSQL transaction, on a session that carries the leader's epoch (nio's
    tables are fenced, bot/crypto_store_pg.py): every row of every nio table (ids kept,
