@@ -15,6 +15,7 @@ from bot.checkpoint_file import check_appendable
 from bot.checkpoints import Anchor, run_checkpoints
 from bot.cross_signing import Outcome, ensure_for_client, password_reader
 from bot.device_files import CREDENTIALS, device_files_for
+from bot.device_import import move_local_device
 from bot.device_trust import DeviceTrust
 from bot.http_ops import OpsMetrics, OpsServer
 from bot.maintenance import database_location
@@ -89,6 +90,7 @@ class BotApp:
             )
         # Files in data_dir on SQLite; sealed rows and nio's store in PostgreSQL.
         files = device_files_for(self.store, data_dir, store_key)
+        await move_local_device(files, store_key)  # an older version's device in data_dir
         creds_exist = await files.read(CREDENTIALS) is not None
         password = None if creds_exist else cfg.bot.password.read()
         self.client = await open_client(

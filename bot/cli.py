@@ -116,6 +116,7 @@ def private_files() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import BotApp
+    from bot.device_files import DeviceFileError
     from bot.session import LoginFailed
     from storage.engine import DatabaseInUse, WrongDatabaseKey
 
@@ -124,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(config.logging.level, config.logging.format)
     try:
         asyncio.run(BotApp(config, args.config).run_forever())
-    except (ConfigError, LoginFailed, DatabaseInUse, WrongDatabaseKey) as exc:
+    except (ConfigError, LoginFailed, DeviceFileError, DatabaseInUse, WrongDatabaseKey) as exc:
         print(f"referral-bot: {exc}", file=sys.stderr)
         return 1
     return 0
