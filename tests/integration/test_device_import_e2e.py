@@ -22,8 +22,8 @@ from bot.device_import import MOVED_SUFFIX
 from bot.devprocess import BotProcess, free_port
 from bot.world import World
 from tests.forms import referral
-from tests.integration.live import db_rows
-from tests.integration.test_no_local_state_e2e import client_api, stored_credentials
+from tests.integration.live import account_view, db_rows
+from tests.integration.test_no_local_state_e2e import stored_credentials
 
 pytestmark = [
     pytest.mark.integration,
@@ -57,10 +57,7 @@ async def test_a_device_kept_in_data_dir_is_moved_and_stays_the_same(
     device, token = creds["device_id"], creds["access_token"]
     e2ee = data / "e2ee" / f"{world.bot_user}_{device}.db"
     assert e2ee.is_file() and (data / CROSS_SIGNING).is_file()
-    identity_before = await client_api(
-        world, token, "POST", "/keys/query", device_keys={world.bot_user: []}
-    )
-    devices_before = await client_api(world, token, "GET", "/devices")
+    before = await account_view(world, token)
 
     # The new version on PostgreSQL, the same data_dir, no password to log in with.
     world.config_path.write_text(on_postgres, encoding="utf-8")
@@ -86,18 +83,11 @@ async def test_a_device_kept_in_data_dir_is_moved_and_stays_the_same(
         second = await nurse.send(dm, referral(Child_name="Moved Childtwo"))
         reply = await nurse.wait_reply(second, timeout=30)
         assert reply.decrypted and "REF-" in reply.body
-        who = await client_api(world, token, "GET", "/account/whoami")
-        assert who["device_id"] == device, "the same device, with the same access token"
-        devices = await client_api(world, token, "GET", "/devices")
-        assert {d["device_id"] for d in devices["devices"]} == {
-            d["device_id"] for d in devices_before["devices"]
-        }, "no new login"
-        identity_after = await client_api(
-            world, token, "POST", "/keys/query", device_keys={world.bot_user: []}
-        )
+        # The same device and token, no new login, the same cross-signing identity.
+        after = await account_view(world, token)
     assert await new.stop() == 0
 
-    assert identity_after["master_keys"] == identity_before["master_keys"]
+    assert after == before and after.device == device
     assert await stored_credentials(world) == (device, token)
     # Renamed, not deleted; nothing left that a later start would read.
     for path in (data / CREDENTIALS, data / CROSS_SIGNING, e2ee):

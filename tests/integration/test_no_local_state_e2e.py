@@ -12,9 +12,7 @@ credentials file, a key file or an E2EE store.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from bot.cross_signing import PublishedIdentity, device_is_cross_signed
@@ -26,7 +24,7 @@ from bot.world import World
 from storage.engine import Store
 from storage.keyring import Keyring
 from tests.forms import referral
-from tests.integration.live import db_rows
+from tests.integration.live import account_view, db_rows
 
 pytestmark = [
     pytest.mark.integration,
@@ -52,17 +50,6 @@ async def stored_credentials(world: World) -> tuple[str, str]:
     return creds.device_id, creds.access_token
 
 
-async def client_api(world: World, token: str, method: str, path: str, **body: Any) -> Any:
-    async with (
-        aiohttp.ClientSession(headers={"Authorization": f"Bearer {token}"}) as session,
-        session.request(
-            method, f"{world.hs.url}/_matrix/client/v3{path}", json=body or None
-        ) as resp,
-    ):
-        assert resp.status == 200, await resp.text()
-        return await resp.json()
-
-
 def local_state(data_dir: Path) -> list[str]:
     return sorted(p.name for p in data_dir.iterdir()) if data_dir.exists() else []
 
@@ -81,11 +68,8 @@ async def test_a_bot_started_elsewhere_is_the_same_device(engine: str, world: Wo
         assert "REF-" in (await nurse.wait_reply(first, timeout=30)).body
     assert await bot.stop() == 0
     device_a, token = await stored_credentials(world)
-    identity_a = await client_api(
-        world, token, "POST", "/keys/query", device_keys={world.bot_user: []}
-    )
-    devices_a = await client_api(world, token, "GET", "/devices")
-    assert device_a in {d["device_id"] for d in devices_a["devices"]}
+    before = await account_view(world, token)
+    assert before.device == device_a
     assert not [n for n in LOCAL_STATE if n in local_state(data_a)], local_state(data_a)
 
     # Another machine: a new, empty data_dir, the same database; no password to log in.
@@ -108,20 +92,13 @@ async def test_a_bot_started_elsewhere_is_the_same_device(engine: str, world: Wo
         reply = await stranger.wait_reply(third, timeout=30)
         assert reply.decrypted and "REF-" in reply.body
 
-        who = await client_api(world, token, "GET", "/account/whoami")
-        assert who["device_id"] == device_a, "the same device, with the same access token"
-        devices = await client_api(world, token, "GET", "/devices")
-        # (The account's other device is the one its registration made.)
-        assert {d["device_id"] for d in devices["devices"]} == {
-            d["device_id"] for d in devices_a["devices"]
-        }, "no new login"
-        identity_b = await client_api(
-            world, token, "POST", "/keys/query", device_keys={world.bot_user: []}
-        )
+        # The same device with the same token, no new login (the account's other device
+        # is the one its registration made), the same cross-signing identity.
+        after = await account_view(world, token)
     assert await bot_b.stop() == 0
 
-    assert identity_b["master_keys"] == identity_a["master_keys"], "the same identity"
-    published = PublishedIdentity.from_query(identity_b, world.bot_user, device_a)
+    assert after == before
+    published = PublishedIdentity.from_query(after.keys, world.bot_user, device_a)
     assert device_is_cross_signed(published, world.bot_user, device_a)
     assert await stored_credentials(world) == (device_a, token)
     assert not [n for n in LOCAL_STATE if n in local_state(data_b)], local_state(data_b)
