@@ -1,7 +1,8 @@
 """The operations endpoint: `/healthz` and `/metrics` on a loopback address.
 
 `/healthz` answers 200 only when the bot is logged in, has finished its first sync and
-can write to its database; otherwise 503 with the reason. A standby (PostgreSQL
+can write to its database, and has synced successfully in the last two minutes; otherwise
+503 with the reason. A standby (PostgreSQL
 active/standby: another process leads) answers 200 `{"status": "standby"}`, so that an
 orchestrator keeps it running. `/metrics` is Prometheus text:
 referrals by type and state, decisions overdue, events waiting for a room key, outbox
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -33,6 +35,9 @@ from storage.metrics import OpsCounts
 log = logging.getLogger(__name__)
 
 PROBE_TIMEOUT_S = 2.0
+# No successful sync for this long: unhealthy (a sync is a 30 s long poll, and failed
+# syncs are retried after at most 30 s).
+SYNC_STALE_S = 120.0
 PROBE_KEY = "health_probe"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # From "as fast as the homeserver can carry it" to "acknowledged after the bot was down".
@@ -189,6 +194,12 @@ class OpsServer:
             # A write was refused (disk full, I/O error, read-only): until a write that needs
             # fresh space succeeds again (storage/disk_faults.py), whatever a probe here says.
             return f"database not writable ({app.store.faults.reason})"
+        quiet = time.monotonic() - app.sync.last_ok
+        if quiet > SYNC_STALE_S:
+            # The homeserver has not answered a sync for a long time (cut off from it, or
+            # it is down): nothing new is seen, so nothing is acknowledged. An orchestrator
+            # restarts the process, and on PostgreSQL a standby takes over meanwhile.
+            return f"no successful sync for {int(quiet)} s"
         # The probe is never cancelled half-way (that could leave a transaction open): a
         # slow one keeps running and the next request waits on the same one.
         if self._probe is None or self._probe.done():

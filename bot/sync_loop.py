@@ -96,6 +96,8 @@ class SyncLoop:
         self.ready = asyncio.Event()
         self.syncs = 0
         self.failures = 0
+        # When the last sync succeeded (monotonic): /healthz says 503 when it is long ago.
+        self.last_ok = time.monotonic()
         self._requested_keys: set[str] = set()
         # How long an undecryptable message may wait for its key before the sender is told.
         self.notice_after_s = UNDECRYPTABLE_NOTICE_AFTER_S
@@ -146,6 +148,7 @@ class SyncLoop:
                 continue
             delay = MIN_BACKOFF_S
             self.syncs += 1
+            self.last_ok = time.monotonic()
             first = False
             self.ready.set()
 

@@ -19,8 +19,10 @@ import pytest
 import pytest_asyncio
 import yaml
 
+import bot.http_ops
 from bot.chat_user import ChatUser
 from bot.devserver import DevSynapse
+from bot.http_ops import OpsServer
 from bot.world import World, make_world
 from tests.forms import referral
 from tests.integration.botproc import poll_until
@@ -155,3 +157,41 @@ async def test_sync_loop_survives_answers_cut_short_and_proxy_errors(world: Worl
     assert len(acked(nurse, world.bot_user, {event_id})) == 1
     assert acked(nurse, world.bot_user, {event_id})[event_id] == 1
     assert db_rows(world, "SELECT COUNT(*) FROM referrals") == [(1,)]
+
+
+async def test_health_says_503_while_the_homeserver_answers_no_sync(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cut off from the homeserver (every sync refused) the bot acknowledges nothing new:
+    /healthz must say so, so that an orchestrator restarts it (and, on PostgreSQL, a
+    standby takes over), and say it no longer once syncing works again."""
+    monkeypatch.setattr(bot.http_ops, "SYNC_STALE_S", 2.0)
+    proxy = FaultyProxy(world.hs.url)
+    await proxy.start()
+    text = world.config_path.read_text(encoding="utf-8")
+    world.config_path.write_text(text.replace(world.hs.url, proxy.url), encoding="utf-8")
+    try:
+        async with running(world) as app:
+            health = OpsServer(app, "127.0.0.1", 0, app.metrics).health
+            assert await health() is None
+            nurse = await world.add_user(f"cutoff-nurse-{world.bot_user[1:5]}")
+            dm = await nurse.create_room(invite=[world.bot_user], encrypted=True)
+            await nurse.wait_joined(dm, world.bot_user)
+
+            proxy.bad_gateway_syncs = 10_000
+            event_id = await nurse.send(dm, referral(Child_name="Cutoff Child"))
+            deadline = time.monotonic() + 20
+            while (reason := await health()) is None:
+                assert time.monotonic() < deadline, "still healthy without a sync"
+                await asyncio.sleep(0.2)
+            assert reason.startswith("no successful sync for ")
+
+            proxy.bad_gateway_syncs = 0
+            ack = await nurse.wait_reply(event_id, timeout=60)
+            deadline = time.monotonic() + 20
+            while await health() is not None:
+                assert time.monotonic() < deadline, await health()
+                await asyncio.sleep(0.2)
+    finally:
+        await proxy.stop()
+    assert "CHILD PROTECTION REFERRAL" in ack.body
